@@ -1,0 +1,104 @@
+"""The resolved configuration of one run: a frozen, validated record saved with every run."""
+
+import dataclasses
+import hashlib
+import json
+
+from flags.errors import ConfigError
+from flags.presets import HPARAMS, INT_HPARAMS
+from iemocap.data import normalize_emotion
+from iemocap.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that determines a run's result (the workdir and run modes aside)."""
+  emotion: str
+  audio_hidden: int
+  video_hidden: int
+  text_hidden: int
+  audio_dropout: float
+  video_dropout: float
+  text_dropout: float
+  factor_lr: float
+  lr: float
+  rank: int
+  batch_size: int
+  weight_decay: float
+  data_path: str = ''  # empty: the synthetic stand-in
+  workdir: str = ''  # empty: runs/<backend>-<emotion>-<fingerprint>
+  epochs: int = 500
+  patience: int = 20
+  output_dim: int = 2
+  seed: int = 0
+
+  def __post_init__(self):
+    try:
+      object.__setattr__(self, 'emotion', normalize_emotion(self.emotion))
+    except DataError as e:
+      raise ConfigError(str(e)) from None
+    for name in INT_HPARAMS + ('epochs', 'patience', 'output_dim', 'seed'):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value == int(value):
+          object.__setattr__(self, name, int(value))
+        else:
+          raise ConfigError(f'{name} must be a whole number, got {value!r}')
+    for name in ('audio_dropout', 'video_dropout', 'text_dropout', 'factor_lr', 'lr',
+                 'weight_decay'):
+      object.__setattr__(self, name, float(getattr(self, name)))
+    rules = [
+        ('audio_hidden', self.audio_hidden >= 1, 'must be >= 1'),
+        ('video_hidden', self.video_hidden >= 1, 'must be >= 1'),
+        ('text_hidden', self.text_hidden >= 2, 'must be >= 2 (the text output is text_hidden // 2)'),
+        ('rank', self.rank >= 1, 'must be >= 1'),
+        ('batch_size', self.batch_size >= 2, 'must be >= 2 (BatchNorm cannot train on one sample)'),
+        ('epochs', self.epochs >= 1, 'must be >= 1'),
+        ('patience', self.patience >= 1, 'must be >= 1'),
+        ('output_dim', self.output_dim >= 2, 'must be >= 2 (emotion absent, present)'),
+        ('seed', self.seed >= 0, 'must be >= 0'),
+        ('factor_lr', self.factor_lr > 0, 'must be > 0'),
+        ('lr', self.lr > 0, 'must be > 0'),
+        ('weight_decay', self.weight_decay >= 0, 'must be >= 0'),
+    ]
+    for name in ('audio_dropout', 'video_dropout', 'text_dropout'):
+      rules.append((name, 0.0 <= getattr(self, name) < 1.0, 'must be in [0, 1)'))
+    for name, ok, rule in rules:
+      if not ok:
+        raise ConfigError(f'{name}={getattr(self, name)!r} {rule}')
+
+  @property
+  def text_out(self):
+    return self.text_hidden // 2
+
+  def hparams(self):
+    return {name: getattr(self, name) for name in HPARAMS}
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ConfigError(f'saved configuration has unknown fields {unknown}: it was written by '
+                        'another version of this project')
+    try:
+      return cls(**values)
+    except TypeError as e:
+      raise ConfigError(f'saved configuration is incomplete ({e})') from None
+
+  def fingerprint(self):
+    """A short hash of everything but the workdir: the default workdir's suffix."""
+    values = {k: v for k, v in self.to_dict().items() if k != 'workdir'}
+    blob = json.dumps(values, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+  def differences(self, other):
+    """Names of fields whose values differ from `other`'s (the workdir aside)."""
+    mine, theirs = self.to_dict(), other.to_dict()
+    return [k for k in mine if k != 'workdir' and mine[k] != theirs[k]]
+
+  def __str__(self):
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)

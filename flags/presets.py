@@ -1,0 +1,62 @@
+"""The per-emotion hyperparameter presets (the Ascend seed's table) and its `param_data.csv`."""
+
+import csv
+
+from flags.errors import ConfigError
+from iemocap.data import EMOTIONS, normalize_emotion
+
+# In the column order of the seed's table and of param_data.csv.
+HPARAMS = ('audio_hidden', 'video_hidden', 'text_hidden', 'audio_dropout', 'video_dropout',
+           'text_dropout', 'factor_lr', 'lr', 'rank', 'batch_size', 'weight_decay')
+INT_HPARAMS = ('audio_hidden', 'video_hidden', 'text_hidden', 'rank', 'batch_size')
+
+# The seed lists the last block as a second "happy"; it is neutral (its CSV row order says so).
+PRESETS = {
+    'angry': dict(zip(HPARAMS, (8, 4, 64, 0.3, 0.1, 0.15, 0.003, 0.0005, 8, 64, 0.001))),
+    'sad': dict(zip(HPARAMS, (8, 4, 128, 0.0, 0.0, 0.0, 0.0005, 0.003, 4, 256, 0.002))),
+    'happy': dict(zip(HPARAMS, (4, 16, 128, 0.3, 0.1, 0.5, 0.003, 0.001, 1, 256, 0.002))),
+    'neutral': dict(zip(HPARAMS, (32, 8, 64, 0.2, 0.5, 0.2, 0.003, 0.0005, 16, 256, 0.002))),
+}
+# Row order of the Ascend param_data.csv.
+CSV_ROW_ORDER = ('angry', 'sad', 'happy', 'neutral')
+assert set(CSV_ROW_ORDER) == set(EMOTIONS) == set(PRESETS)
+
+
+def preset(emotion):
+  return dict(PRESETS[normalize_emotion(emotion)])
+
+
+def _number(text, name, where):
+  try:
+    value = float(text)
+  except ValueError:
+    raise ConfigError(f'{where}: {name} is {text!r}, not a number') from None
+  if name in INT_HPARAMS:
+    if value != int(value):
+      raise ConfigError(f'{where}: {name} is {text!r}, not a whole number')
+    return int(value)
+  return value
+
+
+def read_param_csv(path):
+  """{emotion: hyperparameters} from the Ascend `param_data.csv`: one row per emotion
+  (angry, sad, happy, neutral), 11 numbers in HPARAMS order, no header."""
+  try:
+    with open(path, newline='', encoding='utf-8') as f:
+      rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+  except OSError as e:
+    raise ConfigError(f'cannot read --para_path {path}: {e.strerror}') from None
+  except UnicodeDecodeError:
+    raise ConfigError(f'--para_path {path} is not a text CSV file') from None
+  if len(rows) != len(CSV_ROW_ORDER):
+    raise ConfigError(f'--para_path {path} has {len(rows)} rows: expected {len(CSV_ROW_ORDER)} '
+                      f'({", ".join(CSV_ROW_ORDER)}), 11 numbers each, no header')
+  table = {}
+  for line, (emotion, row) in enumerate(zip(CSV_ROW_ORDER, rows), start=1):
+    where = f'{path} line {line} ({emotion})'
+    cells = [cell.strip() for cell in row]
+    if len(cells) != len(HPARAMS):
+      raise ConfigError(f'{where} has {len(cells)} values: expected {len(HPARAMS)} '
+                        f'({", ".join(HPARAMS)})')
+    table[emotion] = {name: _number(cell, name, where) for name, cell in zip(HPARAMS, cells)}
+  return table

@@ -1,0 +1,110 @@
+"""The 2018 LMF state_dict: key names, torch layouts, and the safetensors file that holds one.
+
+Both backends save and load this exact key set, so a checkpoint from either one
+loads into the other and into the original 2018 module.
+"""
+
+import json
+import os
+
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from iemocap import data as data_lib
+from iemocap import records
+from iemocap.errors import CheckpointError
+
+FORMAT = 'lmf-2018-state-dict'
+DEFAULT_INPUT_DIMS = (data_lib.AUDIO_DIM, data_lib.VISUAL_DIM, data_lib.TEXT_DIM)
+BUFFER_SUFFIXES = ('running_mean', 'running_var', 'num_batches_tracked')
+
+
+def _subnet(prefix, in_dim, hidden):
+  return [(f'{prefix}.norm.weight', (in_dim,)), (f'{prefix}.norm.bias', (in_dim,)),
+          (f'{prefix}.norm.running_mean', (in_dim,)), (f'{prefix}.norm.running_var', (in_dim,)),
+          (f'{prefix}.norm.num_batches_tracked', ()),
+          (f'{prefix}.linear_1.weight', (hidden, in_dim)), (f'{prefix}.linear_1.bias', (hidden,)),
+          (f'{prefix}.linear_2.weight', (hidden, hidden)), (f'{prefix}.linear_2.bias', (hidden,)),
+          (f'{prefix}.linear_3.weight', (hidden, hidden)), (f'{prefix}.linear_3.bias', (hidden,))]
+
+
+def shapes(config, input_dims=DEFAULT_INPUT_DIMS):
+  """{key: shape} in the order the 2018 module's state_dict() lists them."""
+  audio_in, video_in, text_in = input_dims
+  out, rank, th, to = config.output_dim, config.rank, config.text_hidden, config.text_out
+  entries = [
+      ('audio_factor', (rank, config.audio_hidden + 1, out)),
+      ('video_factor', (rank, config.video_hidden + 1, out)),
+      ('text_factor', (rank, to + 1, out)),
+      ('fusion_weights', (1, rank)),
+      ('fusion_bias', (1, out)),
+  ]
+  entries += _subnet('audio_subnet', audio_in, config.audio_hidden)
+  entries += _subnet('video_subnet', video_in, config.video_hidden)
+  entries += [('text_subnet.rnn.weight_ih_l0', (4 * th, text_in)),
+              ('text_subnet.rnn.weight_hh_l0', (4 * th, th)),
+              ('text_subnet.rnn.bias_ih_l0', (4 * th,)),
+              ('text_subnet.rnn.bias_hh_l0', (4 * th,)),
+              ('text_subnet.linear_1.weight', (to, th)),
+              ('text_subnet.linear_1.bias', (to,))]
+  return dict(entries)
+
+
+def is_buffer(key):
+  return key.rsplit('.', 1)[-1] in BUFFER_SUFFIXES
+
+
+def parameter_keys(config):
+  return [k for k in shapes(config) if not is_buffer(k)]
+
+
+def parameter_count(config, input_dims=DEFAULT_INPUT_DIMS):
+  return int(sum(np.prod(s, dtype=np.int64) for k, s in shapes(config, input_dims).items()
+                 if not is_buffer(k)))
+
+
+def check(arrays, config, input_dims=DEFAULT_INPUT_DIMS, what='state_dict'):
+  """Fails naming the first missing, unexpected or mis-shaped key."""
+  expected = shapes(config, input_dims)
+  missing = [k for k in expected if k not in arrays]
+  if missing:
+    raise CheckpointError(f'{what} lacks {missing[0]}' + (
+        f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''))
+  extra = [k for k in arrays if k not in expected]
+  if extra:
+    raise CheckpointError(f'{what} has unexpected key {extra[0]}' + (
+        f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''))
+  for key, shape in expected.items():
+    if tuple(np.shape(arrays[key])) != tuple(shape):
+      raise CheckpointError(f'{what}: {key} has shape {tuple(np.shape(arrays[key]))}, '
+                            f'expected {tuple(shape)} for this configuration')
+
+
+def save(path, arrays, config, metadata=None):
+  """Writes the state_dict (float32, num_batches_tracked int64) and the config, atomically."""
+  check(arrays, config)
+  tensors = {}
+  for key in shapes(config):
+    dtype = np.int64 if key.endswith('num_batches_tracked') else np.float32
+    tensors[key] = np.ascontiguousarray(np.asarray(arrays[key], dtype=dtype))
+  meta = {'format': FORMAT, 'config': json.dumps(config.to_dict(), sort_keys=True)}
+  meta.update({k: str(v) for k, v in (metadata or {}).items()})
+  blob = safetensors.numpy.save(tensors, metadata=meta)
+  records.atomic_write(path, lambda f: f.write(blob))
+
+
+def load(path):
+  """(arrays, metadata) from a checkpoint file; metadata['config'] is a dict if present."""
+  if not os.path.isfile(path):
+    raise CheckpointError(f'checkpoint {path} does not exist: pass a checkpoint.safetensors '
+                          'written by lmf_jax or lmf_torch_npu')
+  try:
+    with safetensors.safe_open(path, framework='numpy') as f:
+      metadata = dict(f.metadata() or {})
+      arrays = {key: f.get_tensor(key) for key in f.keys()}
+  except (safetensors.SafetensorError, OSError, ValueError) as e:
+    raise CheckpointError(f'{path} is not a readable safetensors checkpoint ({e})') from None
+  if 'config' in metadata:
+    metadata['config'] = json.loads(metadata['config'])
+  return arrays, metadata

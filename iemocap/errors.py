@@ -1,0 +1,17 @@
+"""The project's user-facing errors: each message is one line naming the problem and the fix."""
+
+
+class UserError(Exception):
+  """A problem the user can fix; command lines print `error: <message>` and exit 2."""
+
+
+class DataError(UserError, ValueError):
+  """The data file or a request for it is unusable."""
+
+
+class RunError(UserError, RuntimeError):
+  """A run cannot start or go on (a diverged loss, a workdir that holds another run)."""
+
+
+class CheckpointError(UserError, ValueError):
+  """A checkpoint file is missing, unreadable, or does not fit the model."""

@@ -1,0 +1,167 @@
+"""A synthetic IEMOCAP stand-in in the exact format of the 2018 `iemocap.pkl`.
+
+The real features are licensed, so the project's runnable default is this set.
+How it is built (see README.md for what its F1 means):
+
+* Each utterance has a hidden state per modality, z_audio, z_visual, z_text
+  (LATENT_DIM numbers each, standard normal). Features are noisy views of them:
+  COVAREP-like audio (74 dims) and FACET-like visual (35 dims) are linear
+  mixtures plus noise with wildly different per-dimension scales and offsets
+  (so input normalisation matters), sprinkled with NaN and +-inf; GloVe-like text
+  is 20 zero-padded steps of word vectors from a Zipf-distributed vocabulary,
+  each word nudged along a direction set by z_text (the LSTM must pool it).
+* Every utterance gets one of the four emotions, as in the real 4-class subset:
+  emotion e scores  INTERACTION * s_a * s_v * s_t + UNIMODAL * (s_a + s_v + s_t)
+  + noise, where s_m is z_m projected on an emotion-specific direction; the
+  highest score wins, with per-emotion offsets tuned to POSITIVE_RATES. The
+  product term is a trimodal interaction: no single modality predicts it, and
+  the noise keeps the best achievable F1 well below 100.
+* Features are shared by the four emotion tasks; only the labels differ, and
+  each task is binary with one-hot labels, like the real file.
+"""
+
+import os
+
+import numpy as np
+
+from iemocap import data as data_lib
+from iemocap import pickle_io
+from iemocap import records
+
+VERSION = 1  # bump whenever the bytes for a given seed change
+DEFAULT_SIZES = (2717, 798, 938)  # the released CMU split
+DEFAULT_SEED = 0
+POSITIVE_RATES = {'happy': 0.15, 'sad': 0.22, 'angry': 0.25, 'neutral': 0.38}
+SEQ_LEN = 20
+LATENT_DIM = 4
+VOCAB = 4000
+INTERACTION = 1.0
+UNIMODAL = 0.45
+LABEL_NOISE = 0.55
+TEXT_SIGNAL = 0.22
+NAN_RATE = 4e-4
+MARKER_NAME = 'iemocap.synthetic.json'
+INF_RATE = 1e-4
+
+
+def _mixed_view(rng, z, dim, noise):
+  """A linear view of z with per-dimension scales spanning decades and offsets."""
+  mixing = rng.normal(size=(z.shape[1], dim)) / np.sqrt(z.shape[1])
+  clean = z @ mixing + noise * rng.normal(size=(z.shape[0], dim))
+  scale = np.exp(rng.normal(0.0, 1.5, size=dim))
+  offset = rng.normal(0.0, 2.0, size=dim) * scale
+  return (clean * scale + offset).astype(np.float32)
+
+
+def _sprinkle_nonfinite(rng, features, nan_rate, inf_rate):
+  flat = features.reshape(-1)
+  for rate, value in ((nan_rate, np.nan), (inf_rate, np.inf), (inf_rate, -np.inf)):
+    count = rng.binomial(flat.size, rate)
+    flat[rng.choice(flat.size, size=count, replace=False)] = value
+
+
+def _text(rng, z_text, n):
+  # Zipf-like word frequencies over a GloVe-scaled vocabulary.
+  vocab = rng.normal(0.0, 0.4, size=(VOCAB, data_lib.TEXT_DIM)).astype(np.float32)
+  freq = 1.0 / np.arange(1, VOCAB + 1)
+  words = rng.choice(VOCAB, size=(n, SEQ_LEN), p=freq / freq.sum())
+  direction = rng.normal(size=(LATENT_DIM, data_lib.TEXT_DIM)) / np.sqrt(LATENT_DIM)
+  direction *= TEXT_SIGNAL
+  text = vocab[words] + (z_text @ direction).astype(np.float32)[:, None, :]
+  lengths = np.clip(np.round(rng.gamma(4.0, 3.0, size=n)).astype(int), 3, SEQ_LEN)
+  pad = np.arange(SEQ_LEN)[None, :] < (SEQ_LEN - lengths)[:, None]
+  text[pad] = 0.0  # zero padding in front, as the processed GloVe sequences have
+  return text.astype(np.float32)
+
+
+def _emotion_classes(rng, z, n):
+  """One emotion per utterance from trimodal scores; offsets tuned to POSITIVE_RATES."""
+  emotions = list(POSITIVE_RATES)
+  scores = np.empty((n, len(emotions)))
+  for k in range(len(emotions)):
+    projections = []
+    for z_m in z:
+      u = rng.normal(size=LATENT_DIM)
+      projections.append(z_m @ (u / np.linalg.norm(u)))
+    s_a, s_v, s_t = projections
+    scores[:, k] = (INTERACTION * s_a * s_v * s_t + UNIMODAL * (s_a + s_v + s_t)
+                    + LABEL_NOISE * rng.normal(size=n))
+  target = np.array([POSITIVE_RATES[e] for e in emotions])
+  offsets = np.zeros(len(emotions))
+  for _ in range(500):  # fixed-point iteration on the class shares
+    shares = np.bincount(np.argmax(scores + offsets, axis=1), minlength=len(emotions)) / n
+    offsets += 0.5 * (np.log(target) - np.log(np.maximum(shares, 1e-6)))
+  return emotions, np.argmax(scores + offsets, axis=1)
+
+
+def generate(seed=DEFAULT_SEED, sizes=DEFAULT_SIZES):
+  """The nested dict of the 2018 file: data[emotion][split][modality] (str keys, as Python 2 had)."""
+  if len(sizes) != 3 or min(sizes) < 2:
+    raise data_lib.DataError(f'synthetic sizes {tuple(sizes)} need three splits of 2 or more samples')
+  rng = np.random.default_rng(seed)
+  n = int(sum(sizes))
+  z = [rng.normal(size=(n, LATENT_DIM)) for _ in range(3)]
+  audio = _mixed_view(rng, z[0], data_lib.AUDIO_DIM, noise=0.6)
+  visual = _mixed_view(rng, z[1], data_lib.VISUAL_DIM, noise=0.6)
+  _sprinkle_nonfinite(rng, audio, NAN_RATE, INF_RATE)
+  _sprinkle_nonfinite(rng, visual, NAN_RATE / 4, 0.0)
+  text = _text(rng, z[2], n)
+  emotions, classes = _emotion_classes(rng, z, n)
+  bounds = np.cumsum((0,) + tuple(sizes))
+  raw = {}
+  features = {}
+  for index, split in enumerate(data_lib.SPLITS):
+    part = slice(bounds[index], bounds[index + 1])
+    # The same arrays for every emotion, as in the real file.
+    features[split] = {'covarep': audio[part], 'facet': visual[part], 'glove': text[part]}
+  for k, emotion in enumerate(emotions):
+    raw[emotion] = {}
+    for index, split in enumerate(data_lib.SPLITS):
+      part = slice(bounds[index], bounds[index + 1])
+      one_hot = np.eye(2, dtype=np.float32)[(classes[part] == k).astype(int)]
+      raw[emotion][split] = {**features[split], 'label': one_hot}
+  return raw
+
+
+def write(out_dir, seed=DEFAULT_SEED, sizes=DEFAULT_SIZES):
+  """Writes `out_dir/iemocap.pkl` in the Python-2 format of the real file; returns its path.
+
+  A sidecar `iemocap.synthetic.json` marks it, so results made from it say synthetic.
+  """
+  path = os.path.join(os.fspath(out_dir), data_lib.PICKLE_NAME)
+  blob = pickle_io.py2_dumps(generate(seed, sizes))
+  mark(path, {'generator': 'iemocap.synthetic', 'version': VERSION, 'seed': seed,
+              'sizes': list(sizes)})
+  records.atomic_write(path, lambda f: f.write(blob))
+  return path
+
+
+def _marker(data_file):
+  return os.path.join(os.path.dirname(os.path.abspath(data_file)), MARKER_NAME)
+
+
+def mark(data_file, record):
+  records.write_json(_marker(data_file), record)
+
+
+def describe(data_file):
+  """The synthetic set's marker record, or None for any other file (real data)."""
+  marker = _marker(data_file)
+  return records.read_json(marker) if os.path.exists(marker) else None
+
+
+def cache_dir():
+  """Where the default synthetic set lives: $LMF_CACHE_DIR, else $XDG_CACHE_HOME/lmf-iemocap."""
+  if os.environ.get('LMF_CACHE_DIR'):
+    return os.environ['LMF_CACHE_DIR']
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'lmf-iemocap')
+
+
+def default_path(seed=DEFAULT_SEED):
+  """The cached default synthetic file, generated on first use."""
+  directory = os.path.join(cache_dir(), f'synthetic-v{VERSION}-seed{seed}')
+  path = os.path.join(directory, data_lib.PICKLE_NAME)
+  if not os.path.exists(path):
+    write(directory, seed)
+  return path

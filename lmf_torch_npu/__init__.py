@@ -1,0 +1,1 @@
+"""LMF in PyTorch for Ascend NPUs (torch_npu), CUDA or CPU: the production path."""
