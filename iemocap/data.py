@@ -187,7 +187,7 @@ def _features(array, name, expect_tail, where):
   """float32 features with the expected trailing dimensions."""
   if not isinstance(array, np.ndarray) or array.dtype.kind not in 'fiub':
     kind = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
-    raise DataError(f'{name}{where} is {kind}, not a numeric array')
+    raise DataError(f'{name}{where} is {kind}, not a real-valued numeric array')
   rank = 1 + len(expect_tail)
   if array.ndim != rank:
     raise DataError(f'{name}{where} has rank {array.ndim} (shape {array.shape}): expected '

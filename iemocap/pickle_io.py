@@ -172,11 +172,12 @@ class _Py2Writer:
     self._out.write(b'c' + module.encode() + b'\n' + name.encode() + b'\n')
 
   def _save_dtype(self, dtype):
+    _, args, state = dtype.__reduce__()
     self._global('numpy', 'dtype')
-    self._save((dtype.str[1:], 0, 1))
+    # Python-2 numpy wrote the align/copy flags as ints.
+    self._save(tuple(int(a) if isinstance(a, bool) else a for a in args))
     self._out.write(b'R')
-    byteorder = '|' if dtype.itemsize == 1 else '<'
-    self._save((3, byteorder, None, None, None, -1, -1, 0))
+    self._save(state)
     self._out.write(b'b')
 
   def _save_array(self, array):

@@ -1,0 +1,26 @@
+"""Shared fixtures: small synthetic data sets in the real file's format."""
+
+import os
+
+import pytest
+
+# Tests never write into the user's cache.
+os.environ.setdefault('LMF_CACHE_DIR', os.path.join(os.path.dirname(__file__), '..', '.cache',
+                                                     'test-cache'))
+
+from iemocap import synthetic  # pylint: disable=wrong-import-position
+
+SMALL_SIZES = (160, 60, 60)
+
+
+@pytest.fixture(scope='session')
+def small_data_dir(tmp_path_factory):
+  """A directory holding a small synthetic iemocap.pkl (seed 0)."""
+  directory = tmp_path_factory.mktemp('small_iemocap')
+  synthetic.write(directory, seed=0, sizes=SMALL_SIZES)
+  return str(directory)
+
+
+@pytest.fixture(scope='session')
+def small_data_file(small_data_dir):
+  return os.path.join(small_data_dir, 'iemocap.pkl')

@@ -1,0 +1,131 @@
+"""Shared flags: presets, precedence, the seed's aliases and CSV, validation, the saved config."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flags import definitions
+from flags import presets
+from flags.config import Config
+from flags.errors import ConfigError
+
+SEED_CSV = """0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0
+8,4,128,0.3,0,0,0.0005,0.003,4,256,0.002
+4,16,128,0.3,0.1,0.5,0.003,0.001,1,256,0.002
+32,8,64,0.2,0.5,0.2,0.003,0.0005,16,256,0.002
+"""
+
+
+def resolve(*argv):
+  values = definitions.FLAGS
+  values.unparse_flags()
+  values(['prog', *argv])
+  try:
+    return definitions.config_from_flags(values)
+  finally:
+    values.unparse_flags()
+
+
+def test_presets_are_the_seed_table():
+  assert presets.PRESETS['sad'] == dict(
+      audio_hidden=8, video_hidden=4, text_hidden=128, audio_dropout=0.0, video_dropout=0.0,
+      text_dropout=0.0, factor_lr=0.0005, lr=0.003, rank=4, batch_size=256, weight_decay=0.002)
+  assert presets.PRESETS['angry']['batch_size'] == 64
+  assert presets.PRESETS['angry']['rank'] == 8
+  assert presets.PRESETS['happy']['rank'] == 1
+  assert presets.PRESETS['neutral']['rank'] == 16
+  assert presets.PRESETS['neutral']['audio_hidden'] == 32
+
+
+def test_defaults_are_the_seeds_and_the_emotions_preset():
+  config = resolve()
+  assert config.emotion == 'neutral' and config.epochs == 500 and config.patience == 20
+  assert config.output_dim == 2
+  assert config.hparams() == presets.PRESETS['neutral']
+  assert resolve('--emotion=angry').hparams() == presets.PRESETS['angry']
+
+
+def test_explicit_flag_beats_csv_beats_preset(tmp_path):
+  csv_path = tmp_path / 'param_data.csv'
+  csv_path.write_text(SEED_CSV)
+  config = resolve('--emotion=sad', f'--para_path={csv_path}')
+  assert config.audio_dropout == 0.3  # the Ascend CSV's sad row differs from the table
+  assert config.text_hidden == 128
+  config = resolve('--emotion=sad', f'--para_path={csv_path}', '--audio_dropout=0.1',
+                   '--rank=2')
+  assert config.audio_dropout == 0.1 and config.rank == 2 and config.lr == 0.003
+
+
+def test_seed_spellings_and_aliases():
+  config = resolve("--emotion=b'happy'", '--data_url=/data/iemocap', '--train_url=/out')
+  assert config.emotion == 'happy'
+  assert config.data_path == '/data/iemocap' and config.workdir == '/out'
+  assert resolve('--emotion="b\'angry\'"').emotion == 'angry'
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--emotion=joy'], "unknown emotion 'joy'"),
+    (['--audio_hidden=-1'], 'audio_hidden=-1 must be >= 1'),
+    (['--text_dropout=1.0'], r'text_dropout=1.0 must be in \[0, 1\)'),
+    (['--video_dropout=-0.1'], r'video_dropout=-0.1 must be in \[0, 1\)'),
+    (['--batch_size=1'], 'batch_size=1 must be >= 2'),
+    (['--lr=0'], 'lr=0.0 must be > 0'),
+    (['--rank=0'], 'rank=0 must be >= 1'),
+    (['--epochs=0'], 'epochs=0 must be >= 1'),
+])
+def test_bad_values_fail_with_one_line(argv, message):
+  with pytest.raises(ConfigError, match=message) as error:
+    resolve(*argv)
+  assert '\n' not in str(error.value)
+
+
+@pytest.mark.parametrize('text, message', [
+    ('1,2,3\n', 'has 1 rows: expected 4'),
+    (SEED_CSV.replace('8,4,128,0.3,0,0,', '8,4,128,0.3,0,'), r'line 2 \(sad\) has 10 values'),
+    (SEED_CSV.replace('8,4,128', '8,x,128'), r"line 2 \(sad\): video_hidden is 'x', not a number"),
+    (SEED_CSV.replace('8,4,128', '8,4.5,128'), 'video_hidden is .4.5., not a whole number'),
+])
+def test_csv_reader_errors(tmp_path, text, message):
+  path = tmp_path / 'param_data.csv'
+  path.write_text(text)
+  with pytest.raises(ConfigError, match=message):
+    presets.read_param_csv(str(path))
+
+
+def test_csv_reader_reads_rows_in_seed_order(tmp_path):
+  path = tmp_path / 'param_data.csv'
+  path.write_text(SEED_CSV)
+  table = presets.read_param_csv(str(path))
+  assert list(table) == ['angry', 'sad', 'happy', 'neutral']
+  assert table['neutral'] == presets.PRESETS['neutral']
+  assert isinstance(table['sad']['batch_size'], int)
+  with pytest.raises(ConfigError, match='cannot read --para_path'):
+    presets.read_param_csv(str(tmp_path / 'absent.csv'))
+
+
+def test_config_is_frozen_serialisable_and_fingerprinted():
+  config = resolve('--emotion=sad', '--seed=3')
+  with pytest.raises(AttributeError):
+    config.lr = 1.0
+  again = Config.from_dict(json.loads(json.dumps(config.to_dict())))
+  assert again == config and again.fingerprint() == config.fingerprint()
+  other = Config.from_dict({**config.to_dict(), 'workdir': '/elsewhere'})
+  assert other.fingerprint() == config.fingerprint()
+  changed = Config.from_dict({**config.to_dict(), 'lr': 0.01})
+  assert changed.fingerprint() != config.fingerprint()
+  assert config.differences(changed) == ['lr']
+  with pytest.raises(ConfigError, match='unknown fields'):
+    Config.from_dict({**config.to_dict(), 'colour': 'red'})
+  assert 'sad' in str(config)
+
+
+def test_command_line_prints_one_error_line_and_exits_2(tmp_path):
+  code = ('import sys; from absl import app; from flags import definitions, cli\n'
+          'app.run(cli.user_errors_exit(lambda argv: print(definitions.config_from_flags())))')
+  result = subprocess.run([sys.executable, '-c', code, '--emotion=joy'], capture_output=True,
+                          text=True, check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip() == ("error: unknown emotion 'joy': choose one of happy, sad, "
+                                   'angry, neutral')

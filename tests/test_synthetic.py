@@ -1,0 +1,93 @@
+"""The synthetic stand-in: the real file's format, deterministic, and shaped like the real data."""
+
+import hashlib
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+
+import iemocap
+from iemocap import pickle_io
+from iemocap import synthetic
+
+
+def _sha(path):
+  with open(path, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+  a = synthetic.write(tmp_path / 'a', seed=3, sizes=(40, 10, 10))
+  b = synthetic.write(tmp_path / 'b', seed=3, sizes=(40, 10, 10))
+  c = synthetic.write(tmp_path / 'c', seed=4, sizes=(40, 10, 10))
+  assert _sha(a) == _sha(b) != _sha(c)
+
+
+def test_command_writes_the_file(tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'iemocap', 'synth', '--out', str(tmp_path),
+                           '--seed', '3', '--sizes', '40,10,10'], capture_output=True, text=True,
+                          check=False)
+  assert result.returncode == 0, result.stderr
+  assert _sha(tmp_path / 'iemocap.pkl') == _sha(synthetic.write(tmp_path / 'x', 3, (40, 10, 10)))
+  bad = subprocess.run([sys.executable, '-m', 'iemocap', 'synth', '--out', str(tmp_path),
+                        '--sizes', '40,10'], capture_output=True, text=True, check=False)
+  assert bad.returncode == 2 and 'three sample counts' in bad.stderr
+
+
+def test_format_is_the_real_files(small_data_file):
+  with open(small_data_file, 'rb') as f:
+    blob = f.read()
+  # Python 3 reading the way the 2018 code did: bytes keys, nested dicts.
+  raw = pickle.loads(blob, encoding='bytes')
+  assert sorted(raw) == sorted(e.encode() for e in iemocap.EMOTIONS)
+  for emotion in raw.values():
+    assert sorted(emotion) == [b'test', b'train', b'valid']
+    for split in emotion.values():
+      assert sorted(split) == [b'covarep', b'facet', b'glove', b'label']
+      n = split[b'label'].shape[0]
+      assert split[b'covarep'].shape == (n, 74) and split[b'covarep'].dtype == np.float32
+      assert split[b'facet'].shape == (n, 35) and split[b'facet'].dtype == np.float32
+      assert split[b'glove'].shape == (n, 20, 300) and split[b'glove'].dtype == np.float32
+      assert split[b'label'].shape == (n, 2) and split[b'label'].dtype == np.float32
+      np.testing.assert_array_equal(split[b'label'].sum(axis=1), 1)
+  assert pickle_io.restricted_load(open(small_data_file, 'rb')) is not None
+
+
+def test_features_shared_labels_differ_and_are_one_emotion_each():
+  raw = synthetic.generate(seed=0, sizes=(2717, 798, 938))
+  for split in iemocap.SPLITS:
+    first = raw['happy'][split]
+    for emotion in iemocap.EMOTIONS:
+      for key in ('covarep', 'facet', 'glove'):
+        np.testing.assert_array_equal(raw[emotion][split][key], first[key])
+    positives = np.stack([raw[e][split]['label'][:, 1] for e in iemocap.EMOTIONS])
+    np.testing.assert_array_equal(positives.sum(axis=0), 1)  # the 4-class subset
+    for emotion, rate in zip(iemocap.EMOTIONS, positives.mean(axis=1)):
+      assert 0.10 <= rate <= 0.40, (emotion, split, rate)
+      assert abs(rate - synthetic.POSITIVE_RATES[emotion]) < 0.04
+
+
+def test_nonfinite_values_sprinkled_like_covarep():
+  raw = synthetic.generate(seed=0, sizes=(2717, 798, 938))
+  covarep = np.concatenate([raw['sad'][s]['covarep'] for s in iemocap.SPLITS])
+  assert np.isnan(covarep).sum() > 10 and np.isposinf(covarep).sum() > 0
+  assert np.isneginf(covarep).sum() > 0
+  assert np.mean(~np.isfinite(covarep)) < 1e-3
+  facet = np.concatenate([raw['sad'][s]['facet'] for s in iemocap.SPLITS])
+  assert np.isnan(facet).sum() > 0
+  glove = raw['sad']['train']['glove']
+  assert np.isfinite(glove).all()
+  # Short utterances are zero-padded in front, as in the processed GloVe sequences.
+  padded = (np.abs(glove).sum(axis=2) == 0)
+  assert padded[:, 0].mean() > 0.3 and not padded[:, -1].any()
+
+
+def test_default_path_is_cached(tmp_path, monkeypatch):
+  monkeypatch.setenv('LMF_CACHE_DIR', str(tmp_path))
+  monkeypatch.setattr(synthetic, 'DEFAULT_SIZES', (20, 6, 6))
+  path = synthetic.default_path()
+  assert path.startswith(str(tmp_path)) and synthetic.describe(path)['seed'] == 0
+  stamp = (tmp_path / path).stat().st_mtime_ns
+  assert synthetic.default_path() == path
+  assert (tmp_path / path).stat().st_mtime_ns == stamp
