@@ -39,6 +39,9 @@ flags.DEFINE_integer('perf_steps', 0, 'Performance mode: time this many train st
                      'warm-up and print step time and samples/s instead of training.')
 
 FLAGS = flags.FLAGS
+# Flags that shape a training run, which `evaluate` refuses (it reads the checkpoint's config).
+TRAINING_ONLY = ('para_path', 'epochs', 'patience', 'output_dim', 'seed', 'resume',
+                 'perf_steps') + presets.HPARAMS
 
 
 def config_from_flags(values=FLAGS):

@@ -12,7 +12,7 @@ import safetensors
 import safetensors.numpy
 
 from iemocap import data as data_lib
-from iemocap import records
+from iemocap import files
 from iemocap.errors import CheckpointError
 
 FORMAT = 'lmf-2018-state-dict'
@@ -87,11 +87,11 @@ def save(path, arrays, config, metadata=None):
   tensors = {}
   for key in shapes(config):
     dtype = np.int64 if key.endswith('num_batches_tracked') else np.float32
-    tensors[key] = np.ascontiguousarray(np.asarray(arrays[key], dtype=dtype))
+    tensors[key] = np.array(arrays[key], dtype=dtype, order='C')  # keeps 0-d arrays 0-d
   meta = {'format': FORMAT, 'config': json.dumps(config.to_dict(), sort_keys=True)}
   meta.update({k: str(v) for k, v in (metadata or {}).items()})
   blob = safetensors.numpy.save(tensors, metadata=meta)
-  records.atomic_write(path, lambda f: f.write(blob))
+  files.atomic_write(path, lambda f: f.write(blob))
 
 
 def load(path):

@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 
 from iemocap import pickle_io
-from iemocap import records
+from iemocap import files
 from iemocap.errors import DataError
 
 EMOTIONS = ('happy', 'sad', 'angry', 'neutral')
@@ -283,4 +283,4 @@ def write_npz(raw, out_path):
           flat[shared] = array
         elif not np.array_equal(flat[shared], array, equal_nan=True):
           flat[f'{emotion}/{split}/{key}'] = array
-  records.atomic_write(out_path, lambda f: np.savez(f, **flat))
+  files.atomic_write(out_path, lambda f: np.savez(f, **flat))

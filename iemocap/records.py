@@ -1,18 +1,21 @@
-"""What a run leaves in its workdir, written the same way by both backends.
+"""The run protocol both backends share: its data, workdir, early stopping and outputs.
 
-Every file is written atomically (a temporary file in the same directory, then
-a rename), so an interrupted run never leaves a half-written result behind.
+Every file is written atomically (iemocap/files.py), so an interrupted run
+never leaves a half-written result behind.
 """
 
 import csv
+import hashlib
 import dataclasses
 import io
 import json
 import math
 import os
-import tempfile
 
+from iemocap import data as data_lib
+from iemocap import synthetic
 from iemocap.errors import RunError
+from iemocap.files import atomic_write, read_json, write_json, write_text
 
 RESULTS_JSON = 'results.json'
 RESULTS_CSV = 'results.csv'
@@ -38,45 +41,67 @@ RESULT_KEYS = ('emotion', 'backend', 'f1', 'accuracy', 'test_loss', 'best_valid_
                'seed', 'train_samples_per_s', 'wall_s', 'data', 'synthetic')
 
 
-def _current_umask():
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
+def open_dataset(config):
+  """(Dataset, is_synthetic, a log line saying where the data came from)."""
+  if config.data_path:
+    dataset = data_lib.load(config.data_path, config.emotion)
+    synthetic_record = synthetic.describe(dataset.path)
+    if synthetic_record is None:
+      return dataset, False, f'data: {dataset.path} ({config.emotion})'
+    return dataset, True, (f'data: {dataset.path} ({config.emotion}), a synthetic set (seed '
+                           f'{synthetic_record["seed"]}): its F1 is not the paper\'s F1')
+  path = synthetic.default_path()
+  dataset = data_lib.load(path, config.emotion)
+  return dataset, True, (f'data: no --data_path given, so the synthetic IEMOCAP stand-in at {path} '
+                         f'({config.emotion}); its F1 is not the paper\'s F1')
 
 
-_UMASK = _current_umask()
+def default_workdir(config, backend, options):
+  """runs/<backend>-<emotion>-<fingerprint of the config and backend options>."""
+  fingerprint = config.fingerprint()
+  if options:
+    blob = json.dumps(options, sort_keys=True).encode()
+    fingerprint = hashlib.sha256(fingerprint.encode() + blob).hexdigest()[:10]
+  return os.path.join('runs', f'{backend}-{config.emotion}-{fingerprint}')
 
 
-def atomic_write(path, write, binary=True):
-  """Calls write(file) on a temporary file beside `path`, then renames it over `path`."""
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.')
-  try:
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
-    with os.fdopen(fd, 'wb' if binary else 'w', **({} if binary else {'newline': ''})) as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+def prepare_workdir(config, backend, options, resume):
+  """(config with its workdir resolved, status): status is 'new', 'resume' or 'complete'.
 
-
-def write_text(path, text):
-  atomic_write(path, lambda f: f.write(text), binary=False)
-
-
-def write_json(path, obj):
-  write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + '\n')
-
-
-def read_json(path):
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+  A workdir belongs to one configuration: another one is refused, never
+  overwritten. A finished run is reported again rather than retrained; an
+  interrupted one continues only with --resume.
+  """
+  workdir = config.workdir or default_workdir(config, backend, options)
+  config = dataclasses.replace(config, workdir=workdir)
+  saved_path = os.path.join(workdir, CONFIG_JSON)
+  if os.path.exists(saved_path):
+    saved = read_json(saved_path)
+    differences = [k for k in config.to_dict() if k != 'workdir'
+                   and saved.get('config', {}).get(k) != config.to_dict()[k]]
+    if saved.get('backend') != backend:
+      differences.insert(0, 'backend')
+    if saved.get('backend_options', {}) != options:
+      differences.append('backend options')
+    if differences:
+      raise RunError(f'workdir {workdir} holds a run with another configuration (differs in '
+                     f'{", ".join(differences)}): choose another --workdir')
+    if os.path.exists(os.path.join(workdir, RESULTS_JSON)):
+      return config, 'complete'
+    if os.path.exists(os.path.join(workdir, TRAIN_STATE)):
+      if not resume:
+        raise RunError(f'workdir {workdir} holds an interrupted run: pass --resume to continue '
+                       'it, or choose another --workdir')
+      return config, 'resume'
+  elif resume:
+    raise RunError(f'--resume: workdir {workdir} holds no run to continue')
+  for name in (RESULTS_JSON, CHECKPOINT, TRAIN_STATE):
+    if os.path.exists(os.path.join(workdir, name)):
+      raise RunError(f'workdir {workdir} already has {name} but no {CONFIG_JSON}: '
+                     'choose another --workdir')
+  write_json(saved_path, {'config': config.to_dict(), 'backend': backend,
+                          'backend_options': options})
+  return config, 'new'
 
 
 def check_finite(name, value, epoch):
@@ -203,8 +228,14 @@ def summary_table(record):
   return '\n'.join(lines)
 
 
-def perf_report(batch_size, step_seconds):
-  """The seed's performance line: FPS = batch_size / mean step time."""
-  step = sum(step_seconds) / len(step_seconds)
-  return {'steps': len(step_seconds), 'batch_size': batch_size, 'step_time_s': step,
-          'samples_per_s': batch_size / step}
+def perf_report(batch_size, step_s, steps):
+  """The seed's performance figures: FPS = batch_size / mean step time."""
+  return {'steps': steps, 'batch_size': batch_size, 'step_time_s': step_s,
+          'samples_per_s': batch_size / step_s}
+
+
+def format_perf(report):
+  return (f'{report["backend"]} {report["emotion"]} on {report["device"]}: '
+          f'{report["steps"]} steps of batch {report["batch_size"]}, '
+          f'step time {1000 * report["step_time_s"]:.2f} ms, '
+          f'{report["samples_per_s"]:.0f} samples/s (FPS)')

@@ -1,0 +1,160 @@
+"""JAX variables <-> the 2018 state_dict, and the files that hold them.
+
+`KEY_TABLE` is the one explicit map between the two: (2018 key pattern, JAX
+collection and path, transform). Dense kernels are stored (in, out) by flax and
+(out, in) by torch, hence the transposes; everything else is stored as is.
+"""
+
+import json
+import os
+import re
+
+import jax
+import numpy as np
+import safetensors.numpy
+
+from flags import state_dict
+from flags.config import Config
+from iemocap import files
+from iemocap import records
+from iemocap.errors import CheckpointError
+
+IDENTITY = 'identity'
+TRANSPOSE = 'transpose'
+
+# (2018 key regex, JAX collection, JAX path template, transform); \1.. refer to the regex groups.
+KEY_TABLE = (
+    (r'(audio|video|text)_factor', 'params', (r'\1_factor',), IDENTITY),
+    (r'fusion_(weights|bias)', 'params', (r'fusion_\1',), IDENTITY),
+    (r'(audio|video)_subnet\.norm\.(weight|bias)', 'params', (r'\1_subnet', 'norm', r'\2'),
+     IDENTITY),
+    (r'(audio|video)_subnet\.norm\.(running_mean|running_var|num_batches_tracked)',
+     'batch_stats', (r'\1_subnet', 'norm', r'\2'), IDENTITY),
+    (r'(audio|video|text)_subnet\.(linear_[123])\.weight', 'params',
+     (r'\1_subnet', r'\2', 'kernel'), TRANSPOSE),
+    (r'(audio|video|text)_subnet\.(linear_[123])\.bias', 'params', (r'\1_subnet', r'\2', 'bias'),
+     IDENTITY),
+    (r'text_subnet\.rnn\.(weight_ih|weight_hh|bias_ih|bias_hh)_l0', 'params',
+     ('text_subnet', 'rnn', r'\1_l0'), IDENTITY),
+)
+
+
+def jax_location(key):
+  """(collection, path tuple, transform) of a 2018 key; exactly one table row must match."""
+  rows = [row for row in KEY_TABLE if re.fullmatch(row[0], key)]
+  if len(rows) != 1:
+    raise CheckpointError(f'2018 key {key} matches {len(rows)} rows of the JAX key table')
+  pattern, collection, template, transform = rows[0]
+  match = re.fullmatch(pattern, key)
+  return collection, tuple(match.expand(part) for part in template), transform
+
+
+def _get(tree, path, key):
+  node = tree
+  for part in path:
+    if not isinstance(node, dict) or part not in node:
+      raise CheckpointError(f'JAX variables lack {"/".join(path)} (2018 key {key})')
+    node = node[part]
+  return node
+
+
+def _leaf_paths(tree, prefix=()):
+  if isinstance(tree, dict):
+    for name, child in tree.items():
+      yield from _leaf_paths(child, prefix + (name,))
+  else:
+    yield prefix
+
+
+def to_state_dict(variables, config):
+  """{2018 key: numpy array in torch layout} from {'params', 'batch_stats'}."""
+  variables = jax.device_get(variables)
+  arrays, covered = {}, set()
+  for key in state_dict.shapes(config):
+    collection, path, transform = jax_location(key)
+    value = np.asarray(_get(variables.get(collection, {}), path, key))
+    arrays[key] = value.T if transform == TRANSPOSE else value
+    covered.add((collection,) + path)
+  for collection, tree in variables.items():
+    for path in _leaf_paths(tree):
+      if (collection,) + path not in covered:
+        raise CheckpointError(f'JAX variable {collection}/{"/".join(path)} has no 2018 key')
+  state_dict.check(arrays, config, what='JAX variables')
+  return arrays
+
+
+def from_state_dict(arrays, config, dtype=np.float32):
+  """{'params', 'batch_stats'} from a 2018 state_dict (numpy or torch tensors' .numpy())."""
+  state_dict.check(arrays, config)
+  variables = {'params': {}, 'batch_stats': {}}
+  for key in state_dict.shapes(config):
+    collection, path, transform = jax_location(key)
+    value = np.asarray(arrays[key])
+    value = value.astype(np.int32) if key.endswith('num_batches_tracked') else value.astype(dtype)
+    node = variables[collection]
+    for part in path[:-1]:
+      node = node.setdefault(part, {})
+    node[path[-1]] = value.T if transform == TRANSPOSE else value
+  return jax.tree_util.tree_map(jax.numpy.asarray, variables)
+
+
+def save(path, variables, config, metadata=None):
+  """checkpoint.safetensors: the 2018 state_dict plus the config, written atomically."""
+  state_dict.save(path, to_state_dict(variables, config), config,
+                  {'backend': 'jax', **(metadata or {})})
+
+
+def load(path):
+  """(variables, config, metadata) from a checkpoint written by either backend."""
+  arrays, metadata = state_dict.load(path)
+  if 'config' not in metadata:
+    raise CheckpointError(f'{path} has no saved configuration: it was not written by this project')
+  config = Config.from_dict(metadata['config'])
+  return from_state_dict(arrays, config), config, metadata
+
+
+def flatten_tree(tree, prefix):
+  """{'prefix/key/path': numpy array} for every leaf of a pytree (optimiser states included)."""
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+  return {f'{prefix}{jax.tree_util.keystr(path)}': np.asarray(leaf) for path, leaf in leaves}
+
+
+def unflatten_tree(template, arrays, prefix, what):
+  """The pytree shaped like `template` with leaves from `flatten_tree`'s output."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+  restored = []
+  for path, leaf in leaves:
+    name = f'{prefix}{jax.tree_util.keystr(path)}'
+    if name not in arrays:
+      raise CheckpointError(f'{what} lacks {name}: it was written for another configuration')
+    value = arrays[name]
+    if value.shape != np.shape(leaf):
+      raise CheckpointError(f'{what}: {name} has shape {value.shape}, expected {np.shape(leaf)}')
+    restored.append(jax.numpy.asarray(value, dtype=np.asarray(leaf).dtype))
+  return jax.tree_util.tree_unflatten(treedef, restored)
+
+
+def save_train_state(workdir, trees, progress):
+  """train_state.safetensors: everything `--resume` needs, written atomically each epoch.
+
+  trees: {name: pytree}; progress: JSON-able counters (epoch, early stopping, ...).
+  """
+  tensors = {}
+  for name, tree in trees.items():
+    tensors.update(flatten_tree(tree, name))
+  blob = safetensors.numpy.save(
+      {k: np.array(v, order='C') for k, v in tensors.items()},
+      metadata={'progress': json.dumps(progress, sort_keys=True)})
+  files.atomic_write(os.path.join(workdir, records.TRAIN_STATE), lambda f: f.write(blob))
+
+
+def load_train_state(workdir, templates):
+  """(trees shaped like `templates`, progress) from save_train_state's file."""
+  path = os.path.join(workdir, records.TRAIN_STATE)
+  if not os.path.exists(path):
+    raise CheckpointError(f'--resume: {path} does not exist; the run in {workdir} never finished '
+                          'an epoch: start it again without --resume')
+  arrays, metadata = state_dict.load(path)
+  trees = {name: unflatten_tree(template, arrays, name, path)
+           for name, template in templates.items()}
+  return trees, json.loads(metadata['progress'])

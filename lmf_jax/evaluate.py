@@ -1,0 +1,45 @@
+"""Evaluate a checkpoint from either backend on one split:
+`python -m lmf_jax.evaluate --checkpoint=PATH [--emotion=E] [--data_path=...] [--split=test] [--json]`.
+"""
+
+import functools
+import json
+
+import jax
+import numpy as np
+from absl import app
+from absl import logging
+
+from flags import cli
+from flags import evaluation
+from iemocap import protocol
+from iemocap import records
+from lmf_jax import checkpoint
+from lmf_jax import model as model_lib
+from lmf_jax import train
+
+
+def evaluate(checkpoint_path, emotion='', data_path='', split='test'):
+  """evaluate's report (F1, accuracy, mean loss, N) for a checkpoint on a split."""
+  variables, saved_config, metadata = checkpoint.load(checkpoint_path)
+  config = protocol.evaluation_config(saved_config, emotion, data_path)
+  dataset, is_synthetic, data_note = records.open_dataset(config)
+  logging.info(data_note)
+  model = model_lib.from_config(config)
+  loss, logits = jax.jit(functools.partial(train.eval_step, model=model))(
+      variables, dataset.split(split).arrays())
+  return protocol.evaluation_report(checkpoint_path, dataset, is_synthetic, split, float(loss),
+                                    np.asarray(logits), metadata)
+
+
+@cli.user_errors_exit
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  report = evaluate(*evaluation.evaluation_request())
+  print(json.dumps(report, indent=2) if evaluation.FLAGS.json
+        else protocol.format_evaluation(report))
+
+
+if __name__ == '__main__':
+  app.run(main)

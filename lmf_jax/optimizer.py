@@ -1,0 +1,51 @@
+"""torch.optim.Adam with LMF's two parameter groups, in optax.
+
+Each group is Adam with *coupled* L2 weight decay, as torch's Adam does it:
+the decay is added to the gradient before the moments (add_decayed_weights
+before scale_by_adam), not applied to the weights afterwards (that is adamw,
+a different optimiser). Groups come from flags/param_groups.py, matched on the
+2018 key names, and are routed with optax.partition.
+"""
+
+import jax
+import optax
+
+from flags import param_groups
+from flags import state_dict
+from lmf_jax import checkpoint
+
+ADAM_B1 = 0.9
+ADAM_B2 = 0.999
+ADAM_EPS = 1e-8  # added after the square root, as torch does
+
+
+def torch_adam(lr, weight_decay):
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_adam(b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS),
+                     optax.scale(-lr))
+
+
+def param_labels(params, config):
+  """A pytree like `params` holding each parameter's group name."""
+  location_to_key = {}
+  for key in state_dict.parameter_keys(config):
+    collection, path, _ = checkpoint.jax_location(key)
+    assert collection == 'params', key
+    location_to_key[path] = key
+  groups = param_groups.assign_groups(location_to_key.values())
+
+  def label(path, _):
+    names = tuple(p.key for p in path)
+    if names not in location_to_key:
+      raise param_groups.ParamGroupError(f'parameter {"/".join(names)} has no 2018 name, so no '
+                                         'Adam group: add it to lmf_jax/checkpoint.py KEY_TABLE')
+    return groups[location_to_key[names]]
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make(config, params):
+  """The two-group Adam for `params`."""
+  lrs = param_groups.group_lrs(config)
+  transforms = {group: torch_adam(lrs[group], config.weight_decay) for group in param_groups.GROUPS}
+  return optax.partition(transforms, param_labels(params, config))

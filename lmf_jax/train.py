@@ -1,0 +1,198 @@
+"""Train LMF in JAX: `python -m lmf_jax.train --emotion=sad [--data_path=...] [--workdir=...]`.
+
+The library entry point is `train_and_evaluate(config)`; `main` only turns
+flags into a Config. The protocol (epochs, early stopping, outputs) is shared
+with the torch trainer in iemocap/protocol.py; this module supplies the
+jitted steps.
+"""
+
+import functools
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app
+from absl import logging
+
+from flags import cli
+from flags import definitions
+from iemocap import batching
+from iemocap import protocol
+from iemocap import records
+from lmf_jax import checkpoint
+from lmf_jax import model as model_lib
+from lmf_jax import optimizer
+
+BACKEND = 'jax'
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+  def variables(self):
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+def cross_entropy_sum(logits, labels):
+  """The 2018 loss: cross-entropy summed over the batch (size_average=False)."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
+
+
+def train_step(state, batch, rng, *, model, tx):
+  """One Adam step on one minibatch; pure. Dropout keys are folded from the step count."""
+  dropout_rng = jax.random.fold_in(rng, state.step)
+
+  def loss_fn(params):
+    logits, updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, batch['audio'], batch['visual'],
+        batch['text'], train=True, rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+    return cross_entropy_sum(logits, batch['label']), updates['batch_stats']
+
+  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        batch_stats=batch_stats, opt_state=opt_state)
+  return state, {'loss_sum': loss}
+
+
+def eval_step(variables, batch, *, model):
+  """(summed loss, logits) in eval mode: running BatchNorm statistics, no dropout."""
+  logits = model.apply(variables, batch['audio'], batch['visual'], batch['text'], train=False)
+  return cross_entropy_sum(logits, batch['label']), logits
+
+
+def gather(data, index):
+  return jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), data)
+
+
+def train_step_on(state, data, index, rng, *, model, tx):
+  """train_step on the minibatch `index` of device-resident `data` (no host copy per step)."""
+  return train_step(state, gather(data, index), rng, model=model, tx=tx)
+
+
+def create_state(variables, tx):
+  return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                    batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']))
+
+
+def device_description():
+  device = jax.devices()[0]
+  return f'{device.platform}:{device.device_kind}'
+
+
+class JaxRun:
+  """The JAX side of iemocap.protocol.Backend: state, data on device and jitted steps."""
+  name = BACKEND
+
+  def __init__(self, config, dataset):
+    self.config = config
+    self.model = model_lib.from_config(config)
+    init_rng, self.dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    variables = model_lib.init(self.model, init_rng, dataset.input_dims,
+                               dataset.train.text.shape[1])
+    self.tx = optimizer.make(config, variables['params'])
+    self.state = create_state(variables, self.tx)
+    self.best = jax.device_get(self.state.variables())
+    self.data = {name: jax.device_put(dataset.split(name).arrays())
+                 for name in ('train', 'valid', 'test')}
+    self._step = jax.jit(functools.partial(train_step_on, model=self.model, tx=self.tx),
+                         donate_argnums=0)
+    self._eval = jax.jit(functools.partial(eval_step, model=self.model))
+
+  def train_epoch(self, batches):
+    losses = []
+    for index in batches:
+      self.state, step_metrics = self._step(self.state, self.data['train'], index,
+                                            self.dropout_rng)
+      losses.append(step_metrics['loss_sum'])
+    return float(jnp.sum(jnp.stack(losses)))  # the epoch's one host sync
+
+  def evaluate(self, split, best):
+    variables = self.best if best else self.state.variables()
+    loss, logits = self._eval(variables, self.data[split])
+    return float(loss), np.asarray(logits)
+
+  def keep_best(self, workdir, epoch):
+    self.best = jax.device_get(self.state.variables())
+    checkpoint.save(os.path.join(workdir, records.CHECKPOINT), self.best, self.config,
+                    {'epoch': epoch})
+
+  def save_progress(self, workdir, progress):
+    checkpoint.save_train_state(workdir, {'state': self.state}, progress)
+
+  def restore(self, workdir):
+    trees, progress = checkpoint.load_train_state(workdir, {'state': self.state})
+    self.state = trees['state']
+    best_path = os.path.join(workdir, records.CHECKPOINT)
+    if os.path.exists(best_path):
+      self.best = jax.device_get(checkpoint.load(best_path)[0])
+    return progress
+
+  def describe_device(self):
+    return device_description()
+
+  def time_steps(self, steps, warmup=3):
+    """Seconds per train step on full-size batches, compilation and warm-up excluded."""
+    n, size = self.data['train']['label'].shape[0], self.config.batch_size
+    full = [b for b in batching.epoch_batches(n, size, self.config.seed, 1) if len(b) == size]
+    full = full or batching.epoch_batches(n, size, self.config.seed, 1)[:1]
+    for i in range(warmup):
+      self.state, _ = self._step(self.state, self.data['train'], full[i % len(full)],
+                                 self.dropout_rng)
+    jax.block_until_ready(self.state)
+    tick = time.perf_counter()
+    for i in range(steps):
+      self.state, _ = self._step(self.state, self.data['train'], full[i % len(full)],
+                                 self.dropout_rng)
+    jax.block_until_ready(self.state)
+    return (time.perf_counter() - tick) / steps, len(full[0])
+
+
+def train_and_evaluate(config, resume=False, on_epoch_end=None):
+  """Trains (or resumes, or reports a finished run) in config.workdir; returns results.json's record."""
+  dataset, is_synthetic, data_note = records.open_dataset(config)
+  logging.info(data_note)
+  config, status = records.prepare_workdir(config, BACKEND, {}, resume)
+  if status == 'complete':
+    logging.info('%s already holds the finished run: reporting it', config.workdir)
+    return protocol.finished_record(config)
+  logging.info('workdir %s, device %s, config %s', config.workdir, device_description(),
+               config.to_dict())
+  run = JaxRun(config, dataset)
+  return protocol.train_and_evaluate(config, run, dataset, is_synthetic, status, on_epoch_end)
+
+
+def measure_performance(config, steps):
+  """The seed's performance mode: step time and samples/s (FPS) after a warm-up."""
+  dataset, _, data_note = records.open_dataset(config)
+  logging.info(data_note)
+  run = JaxRun(config, dataset)
+  step_s, batch_size = run.time_steps(steps)
+  return {'backend': BACKEND, 'device': device_description(), 'emotion': config.emotion,
+          **records.perf_report(batch_size, step_s, steps)}
+
+
+@cli.user_errors_exit
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  config = definitions.config_from_flags()
+  if definitions.FLAGS.perf_steps > 0:
+    print(records.format_perf(measure_performance(config, definitions.FLAGS.perf_steps)))
+    return
+  record = train_and_evaluate(config, resume=definitions.FLAGS.resume)
+  print(records.summary_table(record))
+  print(f'outputs: {record["workdir"]}')
+
+
+if __name__ == '__main__':
+  app.run(main)
