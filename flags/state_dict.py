@@ -16,6 +16,7 @@ from iemocap import files
 from iemocap.errors import CheckpointError
 
 FORMAT = 'lmf-2018-state-dict'
+METADATA_KEY = 'lmf'
 DEFAULT_INPUT_DIMS = (data_lib.AUDIO_DIM, data_lib.VISUAL_DIM, data_lib.TEXT_DIM)
 BUFFER_SUFFIXES = ('running_mean', 'running_var', 'num_batches_tracked')
 
@@ -88,14 +89,17 @@ def save(path, arrays, config, metadata=None):
   for key in shapes(config):
     dtype = np.int64 if key.endswith('num_batches_tracked') else np.float32
     tensors[key] = np.array(arrays[key], dtype=dtype, order='C')  # keeps 0-d arrays 0-d
-  meta = {'format': FORMAT, 'config': json.dumps(config.to_dict(), sort_keys=True)}
-  meta.update({k: str(v) for k, v in (metadata or {}).items()})
+  # The workdir is where a run happened, not what it is: leaving it out keeps the same run's
+  # checkpoint byte-identical wherever it was written. safetensors stores metadata in a hash
+  # map of random order, so all of it travels as one sorted JSON string.
+  record = {'format': FORMAT, 'config': {**config.to_dict(), 'workdir': ''}, **(metadata or {})}
+  meta = {METADATA_KEY: json.dumps(record, sort_keys=True)}
   blob = safetensors.numpy.save(tensors, metadata=meta)
   files.atomic_write(path, lambda f: f.write(blob))
 
 
 def load(path):
-  """(arrays, metadata) from a checkpoint file; metadata['config'] is a dict if present."""
+  """(arrays, metadata dict) from a checkpoint file; metadata['config'] is the run's config."""
   if not os.path.isfile(path):
     raise CheckpointError(f'checkpoint {path} does not exist: pass a checkpoint.safetensors '
                           'written by lmf_jax or lmf_torch_npu')
@@ -105,6 +109,6 @@ def load(path):
       arrays = {key: f.get_tensor(key) for key in f.keys()}
   except (safetensors.SafetensorError, OSError, ValueError) as e:
     raise CheckpointError(f'{path} is not a readable safetensors checkpoint ({e})') from None
-  if 'config' in metadata:
-    metadata['config'] = json.loads(metadata['config'])
+  if METADATA_KEY in metadata:
+    metadata = json.loads(metadata[METADATA_KEY])
   return arrays, metadata

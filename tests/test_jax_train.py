@@ -1,0 +1,197 @@
+"""lmf_jax's trainer end to end: learning, determinism, resume, outputs, errors, evaluate."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flags import presets
+from flags import state_dict
+from flags.config import Config
+from iemocap import records
+from iemocap.errors import RunError
+from lmf_jax import evaluate
+from lmf_jax import train
+
+SMALL = dict(audio_hidden=8, video_hidden=4, text_hidden=16, audio_dropout=0.2, video_dropout=0.1,
+             text_dropout=0.1, factor_lr=0.003, lr=0.003, rank=4, batch_size=32,
+             weight_decay=0.002)
+
+
+def small_config(data_dir, workdir, **overrides):
+  values = dict(emotion='sad', data_path=data_dir, workdir=str(workdir), epochs=4, patience=3,
+                seed=1, **SMALL)
+  values.update(overrides)
+  return Config(**values)
+
+
+def read_bytes(path):
+  with open(path, 'rb') as f:
+    return f.read()
+
+
+DETERMINISTIC_KEYS = ('f1', 'accuracy', 'test_loss', 'best_valid_loss', 'best_epoch',
+                      'epochs_run', 'stopped_by', 'majority_f1', 'majority_accuracy')
+
+
+@pytest.fixture(scope='module')
+def finished_run(small_data_dir, tmp_path_factory):
+  config = small_config(small_data_dir, tmp_path_factory.mktemp('jax_run') / 'run')
+  return config, train.train_and_evaluate(config)
+
+
+def test_outputs_are_complete_and_consistent(finished_run):
+  config, record = finished_run
+  workdir = config.workdir
+  for name in (records.RESULTS_JSON, records.RESULTS_CSV, records.METRICS_JSONL,
+               records.LOSS_CURVE, records.CONFIG_JSON, records.CHECKPOINT):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  saved = records.read_json(os.path.join(workdir, records.RESULTS_JSON))
+  for key in records.RESULT_KEYS:
+    assert key in saved
+  assert saved['backend'] == 'jax' and saved['emotion'] == 'sad' and saved['synthetic']
+  history = records.read_metrics(workdir)
+  assert [row['epoch'] for row in history] == list(range(1, record['epochs_run'] + 1))
+  assert min(row['valid_loss'] for row in history) == record['best_valid_loss']
+  best = [row for row in history if row['epoch'] == record['best_epoch']][0]
+  assert best['valid_loss'] == record['best_valid_loss']
+  with open(os.path.join(workdir, records.RESULTS_CSV)) as f:
+    header, row = [line.rstrip('\n').split(',') for line in f]
+  assert header[:15] == [name for name, _ in records.CSV_2018_COLUMNS]
+  assert float(row[header.index('Test F1-score')]) == record['f1']
+  assert read_bytes(os.path.join(workdir, records.LOSS_CURVE))[:8] == b'\x89PNG\r\n\x1a\n'
+  config_json = records.read_json(os.path.join(workdir, records.CONFIG_JSON))
+  assert config_json['config'] == config.to_dict() and config_json['backend'] == 'jax'
+  arrays, metadata = state_dict.load(os.path.join(workdir, records.CHECKPOINT))
+  state_dict.check(arrays, config)
+  assert metadata['backend'] == 'jax' and metadata['epoch'] == record['best_epoch']
+  assert metadata['config'] == {**config.to_dict(), 'workdir': ''}
+
+
+def test_evaluate_reproduces_the_trainers_test_f1(finished_run):
+  config, record = finished_run
+  report = evaluate.evaluate(os.path.join(config.workdir, records.CHECKPOINT),
+                             data_path=config.data_path)
+  assert report['f1'] == record['f1'] and report['accuracy'] == record['accuracy']
+  assert report['loss'] == pytest.approx(record['test_loss'], rel=1e-6)
+  assert report['n'] == record['n_test'] and report['written_by'] == 'jax'
+  valid = evaluate.evaluate(os.path.join(config.workdir, records.CHECKPOINT),
+                            data_path=config.data_path, split='valid')
+  assert valid['loss'] == pytest.approx(record['best_valid_loss'], rel=1e-6)
+
+
+def test_same_seed_same_results_and_checkpoint(finished_run, tmp_path):
+  config, record = finished_run
+  again = train.train_and_evaluate(dataclasses.replace(config, workdir=str(tmp_path / 'again')))
+  for key in DETERMINISTIC_KEYS:
+    assert again[key] == record[key], key
+  assert read_bytes(tmp_path / 'again' / records.CHECKPOINT) == read_bytes(
+      os.path.join(config.workdir, records.CHECKPOINT))
+  other = train.train_and_evaluate(dataclasses.replace(config, workdir=str(tmp_path / 'other'),
+                                                       seed=2))
+  assert other['best_valid_loss'] != record['best_valid_loss']
+
+
+class Interrupt(Exception):
+  pass
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(small_data_dir, tmp_path):
+  config = small_config(small_data_dir, tmp_path / 'whole', epochs=6, patience=10)
+  whole = train.train_and_evaluate(config)
+
+  def stop_after_3(epoch):
+    if epoch == 3:
+      raise Interrupt()
+
+  cut = dataclasses.replace(config, workdir=str(tmp_path / 'cut'))
+  with pytest.raises(Interrupt):
+    train.train_and_evaluate(cut, on_epoch_end=stop_after_3)
+  assert not (tmp_path / 'cut' / records.RESULTS_JSON).exists()
+  with pytest.raises(RunError, match='holds an interrupted run: pass --resume'):
+    train.train_and_evaluate(cut)
+  resumed = train.train_and_evaluate(cut, resume=True)
+  for key in DETERMINISTIC_KEYS:
+    assert resumed[key] == whole[key], key
+  assert read_bytes(tmp_path / 'cut' / records.CHECKPOINT) == read_bytes(
+      tmp_path / 'whole' / records.CHECKPOINT)
+  whole_history = records.read_metrics(str(tmp_path / 'whole'))
+  cut_history = records.read_metrics(str(tmp_path / 'cut'))
+  for a, b in zip(whole_history, cut_history):
+    assert (a['train_loss'], a['valid_loss']) == (b['train_loss'], b['valid_loss'])
+  assert len(whole_history) == len(cut_history)
+
+
+def test_workdir_is_never_overwritten(finished_run):
+  config, record = finished_run
+  assert train.train_and_evaluate(config) == record  # finished: reported, not retrained
+  with pytest.raises(RunError, match=r'another configuration \(differs in lr\)'):
+    train.train_and_evaluate(dataclasses.replace(config, lr=0.01))
+  with pytest.raises(RunError, match='--resume: workdir .* holds no run'):
+    train.train_and_evaluate(dataclasses.replace(config, workdir=config.workdir + '-new'),
+                             resume=True)
+
+
+@pytest.mark.slow
+def test_training_beats_the_majority_baseline(tmp_path):
+  from iemocap import synthetic  # pylint: disable=import-outside-toplevel
+  data = synthetic.write(tmp_path / 'data', seed=0, sizes=(900, 300, 300))
+  config = Config(emotion='sad', data_path=data, workdir=str(tmp_path / 'run'), epochs=30,
+                  patience=5, seed=0, **{**presets.PRESETS['sad'], 'text_hidden': 32,
+                                         'batch_size': 64})
+  record = train.train_and_evaluate(config)
+  assert record['f1'] > record['majority_f1'] + 0.08
+  assert record['accuracy'] > record['majority_accuracy']
+  assert record['f1'] < 0.99
+
+
+def run_cli(module, *args, env=None):
+  return subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True,
+                        check=False, env={**os.environ, **(env or {})})
+
+
+def test_command_line_trains_and_evaluates(small_data_dir, tmp_path):
+  workdir = tmp_path / 'cli'
+  args = [f'--data_path={small_data_dir}', f'--workdir={workdir}', "--emotion=b'happy'",
+          '--epochs=2', '--text_hidden=16', '--batch_size=32']
+  result = run_cli('lmf_jax.train', *args)
+  assert result.returncode == 0, result.stderr
+  assert 'weighted F1' in result.stdout and 'majority' in result.stdout
+  first_log = [line for line in result.stderr.splitlines() if ' train.py:' in line][0]
+  assert 'synthetic' in first_log and "not the paper's F1" in first_log
+  record = records.read_json(workdir / records.RESULTS_JSON)
+  assert record['emotion'] == 'happy'
+  evaluated = run_cli('lmf_jax.evaluate', f'--checkpoint={workdir / records.CHECKPOINT}',
+                      f'--data_path={small_data_dir}', '--json')
+  assert evaluated.returncode == 0, evaluated.stderr
+  assert json.loads(evaluated.stdout)['f1'] == record['f1']
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--emotion=joy'], "error: unknown emotion 'joy'"),
+    (['--data_path=/nonexistent/iemocap.pkl'], 'error: data file /nonexistent/iemocap.pkl does not exist'),
+    (['--text_dropout=1.5'], r'error: text_dropout=1.5 must be in \[0, 1\)'),
+    (['--lr=1e30', '--factor_lr=1e30', '--epochs=3'], 'error: train loss became nan at epoch 1'),
+])
+def test_command_line_errors_are_one_line(small_data_dir, tmp_path, args, message):
+  base = [f'--data_path={small_data_dir}', f'--workdir={tmp_path / "bad"}', '--text_hidden=16',
+          '--batch_size=32']
+  result = run_cli('lmf_jax.train', *base, *args)
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert __import__('re').match(message, last), result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'bad' / records.RESULTS_JSON).exists()
+
+
+def test_perf_mode_reports_step_time(small_data_dir):
+  result = run_cli('lmf_jax.train', f'--data_path={small_data_dir}', '--perf_steps=5',
+                   '--text_hidden=16', '--batch_size=32', '--emotion=sad')
+  assert result.returncode == 0, result.stderr
+  assert 'step time' in result.stdout and 'samples/s (FPS)' in result.stdout
+  fps = float(result.stdout.split('ms, ')[1].split(' samples/s')[0])
+  assert fps > 0
