@@ -75,15 +75,30 @@ class BatchNorm1d(nn.Module):
     return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * weight + bias
 
 
+class Dropout(nn.Module):
+  """torch.nn.Dropout's inverted dropout, with the rate given at call time.
+
+  The rate may be a traced value, so a vmapped sweep can give each model its
+  own rate in one compiled program (flax's Dropout needs a static rate).
+  """
+
+  @nn.compact
+  def __call__(self, x, rate, train):
+    if not train or (isinstance(rate, (int, float)) and rate == 0):
+      return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, x.shape)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
 class SubNet(nn.Module):
   """Audio/visual encoder: BatchNorm -> Dropout -> 3 x (Dense, ReLU)."""
   hidden: int
-  dropout: float
 
   @nn.compact
-  def __call__(self, x, train):
+  def __call__(self, x, dropout, train):
     x = BatchNorm1d(name='norm')(x, train)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = Dropout(name='drop')(x, dropout, train)
     fan_in = x.shape[-1]
     for i in (1, 2, 3):
       x = nn.relu(torch_dense(self.hidden, fan_in)(name=f'linear_{i}')(x))
@@ -127,12 +142,11 @@ class TextSubNet(nn.Module):
   """Text encoder: LSTM over the GloVe sequence, dropout on h_T, Dense to text_out."""
   hidden: int
   out: int
-  dropout: float
 
   @nn.compact
-  def __call__(self, x, train):
+  def __call__(self, x, dropout, train):
     h = LSTM(self.hidden, name='rnn')(x)
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = Dropout(name='dropout')(h, dropout, train)
     return torch_dense(self.out, self.hidden)(name='linear_1')(h)
 
 
@@ -153,11 +167,12 @@ class LMF(nn.Module):
   rank: int
 
   @nn.compact
-  def __call__(self, audio, visual, text, train=False):
-    audio_h = SubNet(self.audio_hidden, self.dropouts[0], name='audio_subnet')(audio, train)
-    video_h = SubNet(self.video_hidden, self.dropouts[1], name='video_subnet')(visual, train)
-    text_h = TextSubNet(self.text_hidden, self.text_out, self.dropouts[2],
-                        name='text_subnet')(text, train)
+  def __call__(self, audio, visual, text, train=False, dropouts=None):
+    """`dropouts` (audio, video, text) overrides the module's rates; it may be traced."""
+    rates = self.dropouts if dropouts is None else dropouts
+    audio_h = SubNet(self.audio_hidden, name='audio_subnet')(audio, rates[0], train)
+    video_h = SubNet(self.video_hidden, name='video_subnet')(visual, rates[1], train)
+    text_h = TextSubNet(self.text_hidden, self.text_out, name='text_subnet')(text, rates[2], train)
     fused = None
     for name, h in (('audio_factor', audio_h), ('video_factor', video_h),
                     ('text_factor', text_h)):
@@ -178,8 +193,13 @@ def from_config(config):
 
 
 def init(model, rng, input_dims, seq_len=20):
-  """{'params', 'batch_stats'} for `model` from one PRNG key."""
+  """{'params', 'batch_stats'} for `model` from one PRNG key (one compiled program, not op by op)."""
   audio_in, video_in, text_in = input_dims
-  variables = model.init(rng, jnp.zeros((2, audio_in)), jnp.zeros((2, video_in)),
-                         jnp.zeros((2, seq_len, text_in)), train=False)
-  return {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+
+  @jax.jit
+  def initialise(key):
+    variables = model.init(key, jnp.zeros((2, audio_in)), jnp.zeros((2, video_in)),
+                           jnp.zeros((2, seq_len, text_in)), train=False)
+    return {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+
+  return initialise(rng)

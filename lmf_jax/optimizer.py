@@ -8,6 +8,7 @@ a different optimiser). Groups come from flags/param_groups.py, matched on the
 """
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from flags import param_groups
@@ -19,10 +20,10 @@ ADAM_B2 = 0.999
 ADAM_EPS = 1e-8  # added after the square root, as torch does
 
 
-def torch_adam(lr, weight_decay):
+def torch_adam(learning_rate, weight_decay):
   return optax.chain(optax.add_decayed_weights(weight_decay),
                      optax.scale_by_adam(b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS),
-                     optax.scale(-lr))
+                     optax.scale(-learning_rate))
 
 
 def param_labels(params, config):
@@ -45,7 +46,27 @@ def param_labels(params, config):
 
 
 def make(config, params):
-  """The two-group Adam for `params`."""
+  """The two-group Adam for `params`.
+
+  Learning rate and weight decay live in the optimiser state (inject_hyperparams),
+  so models trained side by side under vmap can each have their own.
+  """
   lrs = param_groups.group_lrs(config)
-  transforms = {group: torch_adam(lrs[group], config.weight_decay) for group in param_groups.GROUPS}
+  transforms = {group: optax.inject_hyperparams(torch_adam)(learning_rate=lrs[group],
+                                                            weight_decay=config.weight_decay)
+                for group in param_groups.GROUPS}
   return optax.partition(transforms, param_labels(params, config))
+
+
+def set_hyperparams(opt_state, configs):
+  """opt_state of stacked models (leading axis) with each model's lr and weight decay."""
+  groups = {}
+  for group, inner in opt_state.inner_states.items():
+    lrs = jnp.asarray([param_groups.group_lrs(c)[group] for c in configs], jnp.float32)
+    decays = jnp.asarray([c.weight_decay for c in configs], jnp.float32)
+    hyper = inner.inner_state.hyperparams
+    if hyper['learning_rate'].shape != lrs.shape:
+      raise ValueError(f'{len(configs)} configurations for a state of {hyper["learning_rate"].shape}')
+    groups[group] = inner._replace(inner_state=inner.inner_state._replace(
+        hyperparams={**hyper, 'learning_rate': lrs, 'weight_decay': decays}))
+  return opt_state._replace(inner_states=groups)

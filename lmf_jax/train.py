@@ -24,6 +24,7 @@ from flags import definitions
 from iemocap import batching
 from iemocap import protocol
 from iemocap import records
+from iemocap import synthetic
 from lmf_jax import checkpoint
 from lmf_jax import model as model_lib
 from lmf_jax import optimizer
@@ -47,14 +48,18 @@ def cross_entropy_sum(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
 
 
-def train_step(state, batch, rng, *, model, tx):
-  """One Adam step on one minibatch; pure. Dropout keys are folded from the step count."""
+def train_step(state, batch, rng, *, model, tx, dropouts=None):
+  """One Adam step on one minibatch; pure. Dropout keys are folded from the step count.
+
+  `dropouts` overrides the model's (audio, video, text) rates, e.g. per model in a sweep.
+  """
   dropout_rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(params):
     logits, updates = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, batch['audio'], batch['visual'],
-        batch['text'], train=True, rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+        batch['text'], train=True, dropouts=dropouts, rngs={'dropout': dropout_rng},
+        mutable=['batch_stats'])
     return cross_entropy_sum(logits, batch['label']), updates['batch_stats']
 
   (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -82,6 +87,13 @@ def train_step_on(state, data, index, rng, *, model, tx):
 def create_state(variables, tx):
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                     batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']))
+
+
+def enable_compilation_cache():
+  """Keeps compiled programs on disk, so a second run with the same shapes starts at once."""
+  jax.config.update('jax_compilation_cache_dir',
+                    os.path.join(synthetic.cache_dir(), 'jax-compilation-cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
 
 
 def device_description():
@@ -186,6 +198,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   config = definitions.config_from_flags()
+  enable_compilation_cache()
   if definitions.FLAGS.perf_steps > 0:
     print(records.format_perf(measure_performance(config, definitions.FLAGS.perf_steps)))
     return
