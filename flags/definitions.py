@@ -44,10 +44,10 @@ TRAINING_ONLY = ('para_path', 'epochs', 'patience', 'output_dim', 'seed', 'resum
                  'perf_steps') + presets.HPARAMS
 
 
-def config_from_flags(values=FLAGS):
-  """The run's Config: preset < --para_path < explicit flags."""
+def config_from_flags(values=FLAGS, emotion=None):
+  """The run's Config: preset < --para_path < explicit flags (`emotion` overrides --emotion)."""
   try:
-    emotion = normalize_emotion(values.emotion)
+    emotion = normalize_emotion(emotion or values.emotion)
   except DataError as e:
     raise ConfigError(str(e)) from None
   hparams = presets.preset(emotion)

@@ -6,6 +6,7 @@ with the torch trainer in iemocap/protocol.py; this module supplies the
 jitted steps.
 """
 
+import dataclasses
 import functools
 import os
 import time
@@ -21,16 +22,18 @@ from absl import logging
 
 from flags import cli
 from flags import definitions
+from flags.errors import ConfigError
 from iemocap import batching
+from iemocap.data import EMOTIONS
 from iemocap import protocol
 from iemocap import records
 from iemocap import synthetic
 from lmf_jax import checkpoint
 from lmf_jax import model as model_lib
 from lmf_jax import optimizer
+from lmf_jax import options  # pylint: disable=unused-import  (defines the JAX-only flags)
 
 BACKEND = 'jax'
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -193,16 +196,46 @@ def measure_performance(config, steps):
           **records.perf_report(batch_size, step_s, steps)}
 
 
+def main_members(values):
+  """--num_seeds / --sweep / --emotion=all: many models per emotion, one program per shape."""
+  from lmf_jax import multiseed  # pylint: disable=import-outside-toplevel  (it imports this module)
+  if values.resume:
+    raise ConfigError('--resume continues a single run; a --num_seeds/--sweep run is restarted')
+  sweeps = multiseed.parse_sweeps(values.sweep)
+  emotions = EMOTIONS if values.emotion.strip().lower() == 'all' else [None]
+  if values.perf_steps > 0:
+    for emotion in emotions:
+      config = definitions.config_from_flags(values, emotion)
+      print(records.format_perf(multiseed.measure_performance(config, values.num_seeds,
+                                                              values.perf_steps)))
+    return
+  results = []
+  for emotion in emotions:
+    config = definitions.config_from_flags(values, emotion)
+    if emotion and values.workdir:
+      config = dataclasses.replace(config, workdir=os.path.join(values.workdir, emotion))
+    results.append(multiseed.train_members(config, values.num_seeds, sweeps,
+                                           values.save_members))
+    print(multiseed.format_members(results[-1]))
+    print(f'outputs: {results[-1]["workdir"]}')
+  if len(results) > 1:
+    print(multiseed.emotions_table(results))
+
+
 @cli.user_errors_exit
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  config = definitions.config_from_flags()
+  values = definitions.FLAGS
   enable_compilation_cache()
-  if definitions.FLAGS.perf_steps > 0:
-    print(records.format_perf(measure_performance(config, definitions.FLAGS.perf_steps)))
+  if values.num_seeds != 1 or values.sweep or values.emotion.strip().lower() == 'all':
+    main_members(values)
     return
-  record = train_and_evaluate(config, resume=definitions.FLAGS.resume)
+  config = definitions.config_from_flags(values)
+  if values.perf_steps > 0:
+    print(records.format_perf(measure_performance(config, values.perf_steps)))
+    return
+  record = train_and_evaluate(config, resume=values.resume)
   print(records.summary_table(record))
   print(f'outputs: {record["workdir"]}')
 

@@ -9,6 +9,11 @@ os.environ.setdefault('LMF_CACHE_DIR', os.path.join(os.path.dirname(__file__), '
                                                      'test-cache'))
 
 from iemocap import synthetic  # pylint: disable=wrong-import-position
+from lmf_jax import train as jax_train  # pylint: disable=wrong-import-position
+
+# Many tests build programs of the same shapes in fresh jit wrappers; the persistent cache
+# (in the test cache dir above) compiles each once per session, subprocesses included.
+jax_train.enable_compilation_cache()
 
 SMALL_SIZES = (160, 60, 60)
 

@@ -1,0 +1,206 @@
+"""Many models in one vmapped program: members equal lone runs, selection is on validation."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flags.config import Config
+from flags.errors import ConfigError
+from iemocap import data as data_lib
+from iemocap import records
+from lmf_jax import checkpoint
+from lmf_jax import multiseed
+from lmf_jax import train
+
+SMALL = dict(audio_hidden=8, video_hidden=4, text_hidden=16, audio_dropout=0.2, video_dropout=0.1,
+             text_dropout=0.1, factor_lr=0.003, lr=0.003, rank=4, batch_size=32,
+             weight_decay=0.002)
+
+
+def small_config(data_dir, workdir, **overrides):
+  return Config(**{**dict(emotion='sad', data_path=data_dir, workdir=str(workdir), epochs=6,
+                          patience=2, seed=10, **SMALL), **overrides})
+
+
+def load_params(path):
+  variables, _, metadata = checkpoint.load(str(path))
+  return variables, metadata
+
+
+def assert_close_trees(a, b, atol, rtol=1e-5):
+  """fp32 tolerance: vmap batches the matmuls, so rounding differs in the last bits."""
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), atol=atol,
+                               rtol=rtol, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope='module')
+def seeds_run(small_data_dir, tmp_path_factory):
+  # A high learning rate makes the models stop at different epochs on this small set.
+  config = small_config(small_data_dir, tmp_path_factory.mktemp('seeds') / 'run', lr=0.02,
+                        factor_lr=0.02, epochs=10)
+  record = multiseed.train_members(config, num_seeds=4, save_members=True)
+  return config, record
+
+
+def test_each_member_equals_its_seed_trained_alone(seeds_run, tmp_path):
+  config, record = seeds_run
+  stopped_at = {m['epochs_run'] for m in record['members']}
+  assert len(stopped_at) > 1  # members stop at different epochs: frozen ones must not drift
+  for member in (record['members'][1], record['members'][3]):
+    alone = train.train_and_evaluate(dataclasses.replace(
+        config, seed=member['seed'], workdir=str(tmp_path / f'alone{member["seed"]}')))
+    assert alone['best_epoch'] == member['best_epoch']
+    assert alone['epochs_run'] == member['epochs_run']
+    assert alone['best_valid_loss'] == pytest.approx(member['best_valid_loss'], rel=1e-5)
+    assert alone['f1'] == pytest.approx(member['f1'], abs=0.02)
+    lone, _ = load_params(tmp_path / f'alone{member["seed"]}' / records.CHECKPOINT)
+    together, metadata = load_params(os.path.join(
+        config.workdir, multiseed.MEMBERS_DIR,
+        f'member{member["member"]}-seed{member["seed"]}.safetensors'))
+    assert metadata['epoch'] == member['best_epoch']
+    assert_close_trees(together, lone, atol=1e-4)
+
+
+def test_results_summarise_members_and_choose_on_validation(seeds_run):
+  config, record = seeds_run
+  members = record['members']
+  assert [m['seed'] for m in members] == [10, 11, 12, 13]
+  chosen = min(members, key=lambda m: m['best_valid_loss'])
+  assert record['chosen_member'] == chosen['member'] and record['f1'] == chosen['f1']
+  assert record['f1_mean'] == pytest.approx(np.mean([m['f1'] for m in members]))
+  assert record['f1_std'] == pytest.approx(np.std([m['f1'] for m in members], ddof=1))
+  arrays, metadata = load_params(os.path.join(config.workdir, records.CHECKPOINT))
+  assert metadata['member'] == record['chosen_member']
+  assert metadata['config']['seed'] == chosen['seed']
+  with open(os.path.join(config.workdir, records.RESULTS_CSV)) as f:
+    rows = f.read().splitlines()
+  assert len(rows) == 1 + len(members)
+  assert rows[0].startswith('audio_hidden,video_hidden') and rows[0].endswith('chosen')
+  assert sum(row.endswith('True') for row in rows[1:]) == 1
+  assert os.path.getsize(os.path.join(config.workdir, records.LOSS_CURVE)) > 0
+
+
+def test_selection_ignores_test_scores(small_data_dir):
+  """The model best on test is not the one chosen: only the valid loss decides."""
+  dataset = data_lib.load(small_data_dir, 'sad')
+  config = small_config(small_data_dir, '')
+  members = multiseed.member_configs(config, 3, ())
+  member_records = [
+      {'member': i, 'seed': c.seed, 'best_valid_loss': valid, 'f1': f1, 'accuracy': f1,
+       'test_loss': 0.5, 'best_epoch': 3, 'epochs_run': 5, 'stopped_by': 'early_stopping'}
+      for i, (c, valid, f1) in enumerate(zip(members, (0.50, 0.40, 0.45), (0.90, 0.70, 0.95)))]
+  summary = multiseed._summary(config, members, member_records, dataset, True, [1.0], 1.0)
+  assert summary['chosen_member'] == 1 and summary['f1'] == 0.70
+  assert summary['seed'] == members[1].seed
+  assert max(member_records, key=lambda r: r['f1'])['member'] == 2
+  diverged = dict(member_records[1], best_valid_loss=None, f1=None, accuracy=None)
+  summary = multiseed._summary(config, members, [member_records[0], diverged, member_records[2]],
+                               dataset, True, [1.0], 1.0)
+  assert summary['chosen_member'] == 2 and summary['f1_mean'] == pytest.approx(0.925)
+
+
+def test_a_stopped_model_does_not_change(small_data_dir):
+  dataset = data_lib.load(small_data_dir, 'sad')
+  configs = multiseed.member_configs(small_config(small_data_dir, ''), 2, ())
+  ensemble = multiseed.Ensemble(configs, dataset)
+  before = jax.device_get(ensemble.state)
+  ensemble.train_epoch(1, np.array([True, False]))
+  after = jax.device_get(ensemble.state)
+  moved = frozen = 0
+  for old, new in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after)):
+    np.testing.assert_array_equal(old[1], new[1])
+    frozen += 1
+    moved += int(not np.array_equal(old[0], new[0]))
+  assert moved > frozen // 2
+
+
+def test_swept_dropout_equals_a_lone_run_with_that_rate(small_data_dir, tmp_path):
+  config = small_config(small_data_dir, tmp_path / 'sweep', epochs=3, patience=5)
+  sweeps = multiseed.parse_sweeps(['text_dropout=0.1,0.4', 'lr=0.003,0.001'])
+  record = multiseed.train_members(config, num_seeds=1, sweeps=sweeps, save_members=True)
+  assert [(m['text_dropout'], m['lr']) for m in record['members']] == [
+      (0.1, 0.003), (0.1, 0.001), (0.4, 0.003), (0.4, 0.001)]
+  alone = train.train_and_evaluate(dataclasses.replace(config, text_dropout=0.4, lr=0.001,
+                                                       workdir=str(tmp_path / 'alone')))
+  member = record['members'][3]
+  assert alone['best_valid_loss'] == pytest.approx(member['best_valid_loss'], rel=1e-5)
+  lone, _ = load_params(tmp_path / 'alone' / records.CHECKPOINT)
+  together, _ = load_params(tmp_path / 'sweep' / multiseed.MEMBERS_DIR /
+                            f'member3-seed{member["seed"]}.safetensors')
+  assert_close_trees(together, lone, atol=1e-4)
+
+
+def test_sweeps_cross_with_seeds_and_group_by_shape():
+  base = Config(emotion='sad', seed=5, **SMALL)
+  sweeps = multiseed.parse_sweeps(['lr=0.0005,0.001,0.003', 'weight_decay=0,0.002',
+                                   'rank=1,4'])
+  members = multiseed.member_configs(base, 2, sweeps)
+  assert len(members) == 3 * 2 * 2 * 2
+  combos = {(m.lr, m.weight_decay, m.rank, m.seed) for m in members}
+  assert len(combos) == len(members)
+  assert {m.seed for m in members} == {5, 6}
+  groups = multiseed.shape_groups(members)
+  assert len(groups) == 2 and all(len(g) == 12 for g in groups)
+  assert all(len({members[i].rank for i in g}) == 1 for g in groups)
+
+
+@pytest.mark.parametrize('spec, message', [
+    ('colour=1,2', "cannot sweep 'colour'"),
+    ('lr=', 'give at least one value'),
+    ('lr=fast', 'values must be numbers'),
+    ('rank=1.5', 'rank takes whole numbers'),
+])
+def test_bad_sweeps_fail_clearly(spec, message):
+  with pytest.raises(ConfigError, match=message):
+    multiseed.parse_sweeps([spec])
+  with pytest.raises(ConfigError, match='names lr twice'):
+    multiseed.parse_sweeps(['lr=0.1', 'lr=0.2'])
+
+
+def test_optimizer_state_carries_each_models_hyperparameters(small_data_dir):
+  dataset = data_lib.load(small_data_dir, 'sad')
+  base = small_config(small_data_dir, '')
+  configs = [dataclasses.replace(base, lr=lr, factor_lr=f, weight_decay=w)
+             for lr, f, w in ((0.1, 0.2, 0.0), (0.3, 0.4, 0.5))]
+  ensemble = multiseed.Ensemble(configs, dataset)
+  inner = ensemble.state.opt_state.inner_states
+  np.testing.assert_allclose(inner['base'].inner_state.hyperparams['learning_rate'], [0.1, 0.3])
+  np.testing.assert_allclose(inner['factor'].inner_state.hyperparams['learning_rate'], [0.2, 0.4])
+  np.testing.assert_allclose(inner['base'].inner_state.hyperparams['weight_decay'], [0.0, 0.5])
+
+
+def test_all_emotions_table_from_the_command_line(small_data_dir, tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'lmf_jax.train', '--emotion=all', '--num_seeds=2', '--epochs=2',
+       f'--data_path={small_data_dir}', f'--workdir={tmp_path}', '--text_hidden=16',
+       '--batch_size=32', '--rank=2', '--audio_hidden=4', '--video_hidden=4'],
+      capture_output=True, text=True, check=False)
+  assert result.returncode == 0, result.stderr
+  table = result.stdout[result.stdout.index('emotion  models'):]
+  for emotion in ('happy', 'sad', 'angry', 'neutral'):
+    assert f'\n{emotion} ' in table
+    assert (tmp_path / emotion / records.RESULTS_JSON).exists()
+  assert 'paper' in table and '85.90' in table and '89.00' in table
+  assert 'synthetic data' in table
+
+
+def test_member_step_is_the_single_model_step(small_data_dir):
+  """With one model, the vmapped program computes what JaxRun computes."""
+  dataset = data_lib.load(small_data_dir, 'sad')
+  config = small_config(small_data_dir, '')
+  ensemble = multiseed.Ensemble([config], dataset)
+  run = train.JaxRun(config, dataset)
+  index = np.arange(32)
+  ensemble.state, loss = ensemble._step(ensemble.state, ensemble.data['train'], index[None],
+                                        ensemble.dropout_keys, None, jnp.ones(1, bool))
+  run.state, step_metrics = run._step(run.state, run.data['train'], index, run.dropout_rng)
+  assert float(loss[0]) == pytest.approx(float(step_metrics['loss_sum']), rel=1e-6)
+  assert_close_trees(jax.tree_util.tree_map(lambda x: x[0], ensemble.state.params),
+                     run.state.params, atol=1e-6)
