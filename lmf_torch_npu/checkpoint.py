@@ -1,0 +1,121 @@
+"""torch tensors <-> the 2018 state_dict, and the files that hold them.
+
+The module's own state_dict already carries the 2018 keys and layouts, so the
+map is the identity; flags/state_dict.py checks the key set and shapes both
+ways. Files are safetensors with JSON metadata: nothing is ever unpickled.
+"""
+
+import json
+import os
+
+import numpy as np
+import safetensors.numpy
+import torch
+
+from flags import state_dict
+from flags.config import Config
+from iemocap import files
+from iemocap import records
+from iemocap.errors import CheckpointError
+from lmf_torch_npu import model as model_lib
+
+ADAM_STATE = ('step', 'exp_avg', 'exp_avg_sq')
+
+
+def to_numpy(tensor):
+  """Host copy of a tensor; float32 for any float dtype (fp16/bf16 weights under apex O2)."""
+  tensor = tensor.detach()
+  if tensor.is_floating_point():
+    tensor = tensor.float()
+  return tensor.cpu().numpy()
+
+
+def to_state_dict(tensors, config):
+  """{2018 key: numpy array} from a module's state_dict (or a snapshot of one)."""
+  arrays = {key: to_numpy(value) for key, value in tensors.items()}
+  state_dict.check(arrays, config, what='torch state_dict')
+  return arrays
+
+
+def from_state_dict(arrays, config):
+  """An LMF (on the CPU, eval mode) holding a 2018 state_dict from either backend."""
+  state_dict.check(arrays, config)
+  model = model_lib.from_config(config)
+  model.load_state_dict({key: torch.tensor(np.asarray(value)) for key, value in arrays.items()})
+  return model.eval()
+
+
+def save(path, tensors, config, metadata=None):
+  """checkpoint.safetensors: the 2018 state_dict plus the config, written atomically."""
+  state_dict.save(path, to_state_dict(tensors, config), config,
+                  {'backend': 'torch', **(metadata or {})})
+
+
+def load(path):
+  """(model, config, metadata) from a checkpoint written by either backend."""
+  arrays, metadata = state_dict.load(path)
+  if 'config' not in metadata:
+    raise CheckpointError(f'{path} has no saved configuration: it was not written by this project')
+  config = Config.from_dict(metadata['config'])
+  return from_state_dict(arrays, config), config, metadata
+
+
+def optimizer_tensors(optimizer):
+  """{'<2018 name>.<step|exp_avg|exp_avg_sq>': tensor} of an Adam from optimizer.make."""
+  tensors = {}
+  for group in optimizer.param_groups:
+    for name, param in zip(group['names'], group['params']):
+      for field, value in optimizer.state.get(param, {}).items():
+        tensors[f'{name}.{field}'] = value
+  return tensors
+
+
+def optimizer_shapes(optimizer):
+  """The shapes optimizer_tensors returns once Adam has taken a step."""
+  return {f'{name}.{field}': () if field == 'step' else tuple(param.shape)
+          for group in optimizer.param_groups
+          for name, param in zip(group['names'], group['params']) for field in ADAM_STATE}
+
+
+def load_optimizer_tensors(optimizer, tensors):
+  """Puts optimizer_tensors' output back; load_state_dict moves each to its parameter's device."""
+  saved = optimizer.state_dict()
+  state, index = {}, 0
+  for group in optimizer.param_groups:
+    for name in group['names']:
+      state[index] = {field: tensors[f'{name}.{field}'] for field in ADAM_STATE}
+      index += 1
+  optimizer.load_state_dict({'state': state, 'param_groups': saved['param_groups']})
+
+
+def save_train_state(workdir, trees, progress):
+  """train_state.safetensors: everything `--resume` needs, written atomically each epoch.
+
+  trees: {name: {key: tensor}}; progress: JSON-able counters (epoch, early stopping, ...).
+  """
+  arrays = {f'{name}/{key}': np.array(to_numpy(value), order='C')
+            for name, tree in trees.items() for key, value in tree.items()}
+  blob = safetensors.numpy.save(arrays, metadata={'progress': json.dumps(progress, sort_keys=True)})
+  files.atomic_write(os.path.join(workdir, records.TRAIN_STATE), lambda f: f.write(blob))
+
+
+def load_train_state(workdir, shapes):
+  """({name: {key: CPU tensor}}, progress) from save_train_state's file, checked against
+  `shapes` ({name: {key: shape}})."""
+  path = os.path.join(workdir, records.TRAIN_STATE)
+  if not os.path.exists(path):
+    raise CheckpointError(f'--resume: {path} does not exist; the run in {workdir} never finished '
+                          'an epoch: start it again without --resume')
+  arrays, metadata = state_dict.load(path)
+  trees = {}
+  for name, expected in shapes.items():
+    trees[name] = {}
+    for key, shape in expected.items():
+      stored = f'{name}/{key}'
+      if stored not in arrays:
+        raise CheckpointError(f'{path} lacks {stored}: it was written for another configuration')
+      if arrays[stored].shape != tuple(shape):
+        raise CheckpointError(f'{path}: {stored} has shape {arrays[stored].shape}, expected '
+                              f'{tuple(shape)}')
+      trees[name][key] = torch.from_numpy(np.array(arrays[stored]))
+  return trees, json.loads(metadata['progress'])
