@@ -108,12 +108,15 @@ class JaxRun:
   """The JAX side of iemocap.protocol.Backend: state, data on device and jitted steps."""
   name = BACKEND
 
-  def __init__(self, config, dataset):
+  def __init__(self, config, dataset, variables=None):
+    """`variables` ({'params', 'batch_stats'}) replaces the seeded initialisation, e.g. with
+    weights converted from torch; dropout keys still come from config.seed."""
     self.config = config
     self.model = model_lib.from_config(config)
     init_rng, self.dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    variables = model_lib.init(self.model, init_rng, dataset.input_dims,
-                               dataset.train.text.shape[1])
+    if variables is None:
+      variables = model_lib.init(self.model, init_rng, dataset.input_dims,
+                                 dataset.train.text.shape[1])
     self.tx = optimizer.make(config, variables['params'])
     self.state = create_state(variables, self.tx)
     self.best = jax.device_get(self.state.variables())

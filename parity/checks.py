@@ -1,0 +1,427 @@
+"""The parity checks: lmf_jax and lmf_torch_npu on the same IEMOCAP batches.
+
+Both backends start from one initialisation (torch's 2018 init, converted to
+JAX through lmf_jax/checkpoint.py's key table) and see the same minibatches
+(iemocap.batching with PARITY_SEED). Every comparison walks the 2018 keys and
+reports the worst one, so a failure names the check, the emotion, the
+parameter, the difference and the tolerance.
+"""
+
+import contextlib
+import dataclasses
+import functools
+import math
+import os
+import statistics
+import tempfile
+
+import jax
+import numpy as np
+import torch
+from absl import flags as absl_flags
+from absl import logging
+
+from flags import presets
+from flags import state_dict
+from flags.config import Config
+from iemocap import batching
+from iemocap import metrics
+from iemocap import protocol
+from iemocap import records
+from lmf_jax import checkpoint as jax_checkpoint
+from lmf_jax import evaluate as jax_evaluate
+from lmf_jax import model as jax_model
+from lmf_jax import train as jax_train
+from lmf_torch_npu import checkpoint as torch_checkpoint
+from lmf_torch_npu import device as torch_device
+from lmf_torch_npu import evaluate as torch_evaluate
+from lmf_torch_npu import optimizer as torch_optimizer
+from lmf_torch_npu import train as torch_train
+from parity import tolerances
+
+PARITY_SEED = 0
+ADAM_STEPS = 50
+DTYPES = ('float32', 'float64')
+CPU = torch_device.DeviceChoice('cpu', None, 'parity runs on the CPU')
+FP32 = torch_device.Precision('off', 'none', None, 'none')
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  check: str
+  emotion: str
+  dtype: str
+  max_diff: float
+  tol: float
+  where: str = ''  # the parameter or output with the largest difference
+
+  @property
+  def passed(self):
+    return math.isfinite(self.max_diff) and self.max_diff <= self.tol
+
+  def as_dict(self):
+    return {'check': self.check, 'emotion': self.emotion, 'dtype': self.dtype,
+            'max_diff': self.max_diff, 'tol': self.tol, 'passed': self.passed,
+            'where': self.where}
+
+  def __str__(self):
+    verdict = 'ok' if self.passed else 'FAILED'
+    return (f'{self.check} [{self.emotion}, {self.dtype}] {self.where}: max diff '
+            f'{self.max_diff:.3g} {"<=" if self.passed else ">"} {self.tol:.3g} {verdict}')
+
+
+def result(check, emotion, dtype, max_diff, where=''):
+  return Result(check, emotion, dtype, float(max_diff), tolerances.tolerance(check, dtype), where)
+
+
+def worst(a, b, relative=False):
+  """(largest difference, its key) over the keys of two {name: array} dicts.
+
+  Absolute: max |a - b|. Relative: max |a - b| / max |b| per key, so a
+  parameter's error is measured against that parameter's own scale.
+  """
+  if set(a) != set(b):
+    missing = sorted(set(a) ^ set(b))
+    return math.inf, f'keys differ: {missing[:3]}'
+  largest, where = -1.0, ''
+  for key in a:
+    x, y = np.asarray(a[key], np.float64), np.asarray(b[key], np.float64)
+    if x.shape != y.shape:
+      return math.inf, f'{key}: shapes {x.shape} and {y.shape}'
+    diff = float(np.max(np.abs(x - y))) if x.size else 0.0
+    if relative:
+      scale = float(np.max(np.abs(y))) if y.size else 0.0
+      diff = diff / scale if scale > 0 else diff
+    if not math.isfinite(diff):
+      return math.inf, key
+    if diff > largest:
+      largest, where = diff, key
+  return largest, where
+
+
+def parity_config(emotion, data_path='', dropout=False, batch_size=None, **overrides):
+  """The emotion's preset (its shapes); dropout off unless asked for, as the deterministic checks
+  need; `batch_size` replaces the preset's (it changes no parameter shape, only the run time)."""
+  values = {**presets.PRESETS[emotion], 'seed': PARITY_SEED}
+  if batch_size:
+    values['batch_size'] = batch_size
+  if not dropout:
+    values.update(audio_dropout=0.0, video_dropout=0.0, text_dropout=0.0)
+  values.update(overrides)
+  return Config(emotion=emotion, data_path=data_path, **values)
+
+
+def precision_scope(dtype):
+  """float64 runs JAX with x64 enabled; float32 runs it as the trainers do."""
+  return jax.enable_x64(True) if dtype == 'float64' else contextlib.nullcontext()
+
+
+def cast_dataset(dataset, dtype):
+  """The dataset with its features in `dtype` (labels untouched)."""
+  if dtype == 'float32':
+    return dataset
+  cast = lambda split: dataclasses.replace(split, audio=split.audio.astype(dtype),
+                                           visual=split.visual.astype(dtype),
+                                           text=split.text.astype(dtype))
+  return dataclasses.replace(dataset, train=cast(dataset.train), valid=cast(dataset.valid),
+                             test=cast(dataset.test))
+
+
+def train_subset(dataset, samples):
+  """The dataset with only its first `samples` training utterances (all when 0)."""
+  if not samples or samples >= dataset.train.n:
+    return dataset
+  part = slice(0, samples)
+  train = dataclasses.replace(dataset.train, audio=dataset.train.audio[part],
+                              visual=dataset.train.visual[part], text=dataset.train.text[part],
+                              label=dataset.train.label[part])
+  return dataclasses.replace(dataset, train=train)
+
+
+class Pair:
+  """One model in both frameworks, from one initialisation, in one dtype."""
+
+  def __init__(self, config, dtype):
+    self.config, self.dtype = config, dtype
+    torch.manual_seed(PARITY_SEED)
+    initial = torch_checkpoint.to_state_dict(
+        torch_checkpoint.model_lib.from_config(config).state_dict(), config)
+    self.torch = torch_checkpoint.from_state_dict(initial, config).to(getattr(torch, dtype))
+    self.jax = jax_checkpoint.from_state_dict(initial, config, dtype=np.dtype(dtype))
+    self.jax_model = jax_model.from_config(config)
+
+  def torch_arrays(self, model=None):
+    return {k: v.detach().cpu().numpy() for k, v in (model or self.torch).state_dict().items()}
+
+  def jax_arrays(self, variables=None):
+    return jax_checkpoint.to_state_dict(variables or self.jax, self.config)
+
+
+def torch_batch(arrays):
+  return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+
+def check_conversion(pair, emotion):
+  """torch -> JAX -> torch and JAX -> torch -> JAX return every tensor unchanged."""
+  config = pair.config
+  back = torch_checkpoint.from_state_dict(pair.jax_arrays(), config).to(getattr(torch, pair.dtype))
+  diff_t, where_t = worst(pair.torch_arrays(back), pair.torch_arrays())
+  again = jax_checkpoint.from_state_dict(pair.torch_arrays(), config, dtype=np.dtype(pair.dtype))
+  diff_j, where_j = worst(pair.jax_arrays(again), pair.jax_arrays())
+  return result('conversion', emotion, pair.dtype, max(diff_t, diff_j),
+                where_t if diff_t >= diff_j else where_j)
+
+
+def check_eval_logits(pair, dataset, emotion):
+  """Eval-mode logits on the whole test split (running BatchNorm statistics)."""
+  test = dataset.test.arrays()
+  _, jax_logits = jax.jit(functools.partial(jax_train.eval_step, model=pair.jax_model))(
+      pair.jax, test)
+  pair.torch.eval()
+  with torch.no_grad():
+    torch_logits = pair.torch(*(torch.from_numpy(test[k]) for k in ('audio', 'visual', 'text')))
+  diff, _ = worst({'logits': np.asarray(jax_logits)}, {'logits': torch_logits.numpy()})
+  return result('eval_logits', emotion, pair.dtype, diff, 'logits'), np.asarray(
+      jax_logits), torch_logits.numpy()
+
+
+def first_batch(dataset, config):
+  index = batching.epoch_batches(dataset.train.n, config.batch_size, PARITY_SEED, 1)[0]
+  return dataset.train.take(index)
+
+
+def check_train_forward(pair, dataset, emotion):
+  """Train-mode logits (batch statistics) and the BatchNorm running stats they update."""
+  batch = first_batch(dataset, pair.config)
+  forward = jax.jit(functools.partial(pair.jax_model.apply, train=True, mutable=['batch_stats']))
+  jax_logits, updates = forward(pair.jax, batch['audio'], batch['visual'], batch['text'])
+  model = torch_checkpoint.from_state_dict(pair.torch_arrays(), pair.config).to(
+      getattr(torch, pair.dtype)).train()
+  with torch.no_grad():
+    torch_logits = model(*(torch.from_numpy(batch[k]) for k in ('audio', 'visual', 'text')))
+  logits_diff, _ = worst({'logits': np.asarray(jax_logits)}, {'logits': torch_logits.numpy()})
+  jax_stats = pair.jax_arrays({'params': pair.jax['params'], 'batch_stats': updates['batch_stats']})
+  torch_stats = pair.torch_arrays(model)
+  keys = [k for k in torch_stats if k.endswith(('running_mean', 'running_var'))]
+  stats_diff, where = worst({k: jax_stats[k] for k in keys}, {k: torch_stats[k] for k in keys},
+                            relative=True)
+  return [result('train_logits', emotion, pair.dtype, logits_diff, 'logits'),
+          result('running_stats', emotion, pair.dtype, stats_diff, where)]
+
+
+def check_gradients(pair, dataset, emotion):
+  """Gradient of the summed cross-entropy for every parameter, relative to its own scale."""
+  batch = first_batch(dataset, pair.config)
+
+  def loss_fn(params):
+    logits, _ = pair.jax_model.apply({'params': params, 'batch_stats': pair.jax['batch_stats']},
+                                     batch['audio'], batch['visual'], batch['text'], train=True,
+                                     mutable=['batch_stats'])
+    return jax_train.cross_entropy_sum(logits, batch['label'])
+
+  grads = jax.jit(jax.grad(loss_fn))(pair.jax['params'])
+  jax_grads = pair.jax_arrays({'params': grads, 'batch_stats': pair.jax['batch_stats']})
+  model = torch_checkpoint.from_state_dict(pair.torch_arrays(), pair.config).to(
+      getattr(torch, pair.dtype)).train()
+  tensors = torch_batch(batch)
+  loss = torch_train.cross_entropy_sum(model(tensors['audio'], tensors['visual'], tensors['text']),
+                                       tensors['label'])
+  loss.backward()
+  torch_grads = {name: p.grad.numpy() for name, p in model.named_parameters()}
+  diff, where = worst({k: jax_grads[k] for k in torch_grads}, torch_grads, relative=True)
+  return result('gradients', emotion, pair.dtype, diff, where)
+
+
+def step_batches(dataset, config, steps):
+  """The first `steps` minibatches of the shared epoch orders, epoch after epoch."""
+  batches, epoch = [], 0
+  while len(batches) < steps:
+    epoch += 1
+    batches += batching.epoch_batches(dataset.train.n, config.batch_size, PARITY_SEED, epoch)
+  return batches[:steps]
+
+
+def check_adam_steps(pair, dataset, emotion, steps=ADAM_STEPS):
+  """Every parameter and running statistic after `steps` two-group Adam+L2 steps.
+
+  Both sides take the trainers' own steps (JaxRun's jitted program, torch_train.train_step).
+  """
+  config = pair.config
+  run = _jax_run(config, dataset, pair.jax)
+  model = torch_checkpoint.from_state_dict(pair.torch_arrays(), config).to(
+      getattr(torch, pair.dtype)).train()
+  torch_tx = torch_optimizer.make(config, model, 'cpu')
+  precision = torch_device.MixedPrecision(CPU, FP32)
+  for index in step_batches(dataset, config, steps):
+    run.state, _ = run._step(run.state, run.data['train'], index, run.dropout_rng)  # pylint: disable=protected-access
+    torch_train.train_step(model, torch_tx, torch_batch(dataset.train.take(index)), precision)
+  ours, theirs = pair.jax_arrays(run.state.variables()), pair.torch_arrays(model)
+  params = [k for k in theirs if not state_dict.is_buffer(k)]
+  stats = [k for k in theirs if k.endswith(('running_mean', 'running_var'))]
+  diff, where = worst({k: ours[k] for k in params}, {k: theirs[k] for k in params})
+  stats_diff, stats_where = worst({k: ours[k] for k in stats}, {k: theirs[k] for k in stats},
+                                  relative=True)
+  return [result('adam_50_steps', emotion, pair.dtype, diff, where),
+          result('adam_50_steps_stats', emotion, pair.dtype, stats_diff, stats_where)]
+
+
+def check_same_weights_metrics(dataset, emotion, dtype, jax_logits, torch_logits):
+  """Identical weights: identical predictions, so identical weighted F1 and accuracy."""
+  labels = dataset.test.label
+  ours = metrics.classification_metrics(labels, jax_logits)
+  theirs = metrics.classification_metrics(labels, torch_logits)
+  flipped = int(np.sum(np.argmax(jax_logits, -1) != np.argmax(torch_logits, -1)))
+  diff = max(abs(ours['f1'] - theirs['f1']), abs(ours['accuracy'] - theirs['accuracy']))
+  return result('same_weights_metrics', emotion, dtype, diff,
+                f'{flipped} of {labels.shape[0]} predictions differ')
+
+
+def _jax_run(config, dataset, initial):
+  return jax_train.JaxRun(config, dataset, variables=initial)
+
+
+def _torch_run(config, dataset, initial_arrays, dtype):
+  run = torch_train.TorchRun(config, dataset, CPU, FP32)
+  run.model.to(getattr(torch, dtype))
+  run.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in initial_arrays.items()})
+  run.best = run._snapshot()  # pylint: disable=protected-access
+  return run
+
+
+def train_both(pair, dataset, workdir, epochs):
+  """Short runs of both trainers through the shared protocol from the pair's init.
+
+  Returns ({backend: results record}, {backend: metrics history}).
+  """
+  config = dataclasses.replace(pair.config, epochs=epochs, patience=epochs)
+  out, history = {}, {}
+  for backend in ('jax', 'torch'):
+    backend_config = dataclasses.replace(config, workdir=os.path.join(workdir, backend))
+    backend_config, status = records.prepare_workdir(backend_config, backend, {}, resume=False)
+    if backend == 'jax':
+      run = _jax_run(backend_config, dataset, pair.jax)
+    else:
+      run = _torch_run(backend_config, dataset, pair.torch_arrays(), pair.dtype)
+    out[backend] = protocol.train_and_evaluate(backend_config, run, dataset, True, status)
+    history[backend] = records.read_metrics(backend_config.workdir)
+  return out, history
+
+
+def check_short_training(pair, dataset, emotion, workdir, epochs):
+  """Same init, same batches, dropout off: test F1 and the loss curves agree."""
+  out, history = train_both(pair, dataset, workdir, epochs)
+  f1_diff = abs(out['jax']['f1'] - out['torch']['f1'])
+  curves_jax = {f'{k} epoch {r["epoch"]}': r[k] for r in history['jax']
+                for k in ('train_loss', 'valid_loss')}
+  curves_torch = {f'{k} epoch {r["epoch"]}': r[k] for r in history['torch']
+                  for k in ('train_loss', 'valid_loss')}
+  loss_diff, where = worst(curves_jax, curves_torch, relative=True)
+  return [result('short_training_f1', emotion, pair.dtype, f1_diff,
+                 f'jax {out["jax"]["f1"]:.4f}, torch {out["torch"]["f1"]:.4f}'),
+          result('short_training_losses', emotion, pair.dtype, loss_diff, where)], out
+
+
+def check_checkpoint_round_trip(dataset, emotion, dtype, workdir):
+  """Each backend's checkpoint, evaluated by the other, gives the writer's test F1."""
+  data_path = dataset.path
+  diffs = []
+  for writer, reader in (('jax', 'torch'), ('torch', 'jax')):
+    path = os.path.join(workdir, writer, records.CHECKPOINT)
+    own = (jax_evaluate if writer == 'jax' else torch_evaluate).evaluate(path, data_path=data_path)
+    other = (torch_evaluate if reader == 'torch' else jax_evaluate).evaluate(
+        path, data_path=data_path)
+    diffs.append((abs(own['f1'] - other['f1']), f'{writer} checkpoint read by {reader}'))
+  diff, where = max(diffs)
+  return result('checkpoint_round_trip', emotion, dtype, diff, where)
+
+
+def check_amp(pair, dataset, emotion):
+  """torch autocast (bf16 on the CPU) against the JAX float32 forward, relative to the logits."""
+  test = dataset.test.arrays()
+  _, jax_logits = jax.jit(functools.partial(jax_train.eval_step, model=pair.jax_model))(
+      pair.jax, test)
+  precision = torch_device.select_precision(CPU, 'O1', 'auto', 'native')
+  amp = torch_device.MixedPrecision(CPU, precision)
+  pair.torch.eval()
+  with torch.no_grad(), amp.autocast():
+    logits = pair.torch(*(torch.from_numpy(test[k]) for k in ('audio', 'visual', 'text')))
+  diff, _ = worst({'logits': logits.float().numpy()}, {'logits': np.asarray(jax_logits)},
+                  relative=True)
+  return result('amp_logits', emotion, 'bfloat16', diff, 'logits (bf16 autocast vs fp32)')
+
+
+def check_dropout_training(dataset, emotion, workdir, seeds, epochs, batch_size=None):
+  """Dropout on, each backend with its own RNG and init: mean test F1 over seeds agrees
+  statistically. Both trainers run through the shared protocol on `dataset`."""
+  f1 = {'jax': [], 'torch': []}
+  for seed in range(seeds):
+    config = parity_config(emotion, dataset.path, dropout=True, batch_size=batch_size, seed=seed,
+                           epochs=epochs, patience=epochs)
+    for backend in ('jax', 'torch'):
+      backend_config = dataclasses.replace(
+          config, workdir=os.path.join(workdir, f'dropout-{backend}-{seed}'))
+      backend_config, status = records.prepare_workdir(backend_config, backend, {}, resume=False)
+      if backend == 'jax':
+        run = jax_train.JaxRun(backend_config, dataset)
+      else:
+        run = torch_train.TorchRun(backend_config, dataset, CPU, FP32)
+      record = protocol.train_and_evaluate(backend_config, run, dataset, True, status)
+      f1[backend].append(record['f1'])
+  stderr = math.sqrt(sum(statistics.pvariance(v) / len(v) for v in f1.values()))
+  diff = abs(statistics.fmean(f1['jax']) - statistics.fmean(f1['torch']))
+  allowed = max(tolerances.tolerance('dropout_training_f1', 'float32'), 3 * stderr)
+  return Result('dropout_training_f1', emotion, 'float32', diff, allowed,
+                f'mean F1 jax {statistics.fmean(f1["jax"]):.4f}, torch '
+                f'{statistics.fmean(f1["torch"]):.4f} over {seeds} seeds')
+
+
+def run_emotion(emotion, dataset, epochs=2, seeds=2, dtypes=DTYPES, batch_size=32,
+                train_samples=640, workdir=None):
+  """Every check for one emotion preset; returns [Result].
+
+  Evaluation checks use the whole test split; the training checks use the first
+  `train_samples` training utterances in minibatches of `batch_size` (0: all, the preset's).
+  """
+  results = []
+  training = train_subset(dataset, train_samples)
+  with contextlib.ExitStack() as stack:
+    workdir = workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix='parity-'))
+    for dtype in dtypes:
+      with precision_scope(dtype):
+        config = parity_config(emotion, dataset.path, batch_size=batch_size)
+        pair = Pair(config, dtype)
+        data = cast_dataset(training, dtype)
+        results.append(check_conversion(pair, emotion))
+        eval_result, jax_logits, torch_logits = check_eval_logits(pair, data, emotion)
+        results.append(eval_result)
+        results += check_train_forward(pair, data, emotion)
+        results.append(check_gradients(pair, data, emotion))
+        results += check_adam_steps(pair, data, emotion)
+        results.append(check_same_weights_metrics(data, emotion, dtype, jax_logits, torch_logits))
+        run_dir = os.path.join(workdir, f'{emotion}-{dtype}')
+        short, _ = check_short_training(pair, data, emotion, run_dir, epochs)
+        results += short
+        results.append(check_checkpoint_round_trip(dataset, emotion, dtype, run_dir))
+        if dtype == 'float32':
+          results.append(check_amp(pair, data, emotion))
+    if seeds:
+      results.append(check_dropout_training(training, emotion, os.path.join(workdir, emotion),
+                                            seeds, epochs, batch_size))
+  return results
+
+
+
+def check_emotion(emotion, options):
+  """All checks of one emotion: ([Result], the data's log line, is_synthetic).
+
+  The unit of `python -m parity`'s worker processes; `options` holds its command-line values.
+  """
+  absl_flags.FLAGS.mark_as_parsed()  # the libraries log through absl; parity has its own parser
+  logging.set_verbosity(logging.WARNING)
+  jax_train.enable_compilation_cache()  # the checks rebuild the trainers' programs
+  if options['jobs'] > 1:
+    torch.set_num_threads(1)  # workers share the cores: one torch thread each, no oversubscription
+  dataset, is_synthetic, note = records.open_dataset(parity_config(emotion, options['data_path']))
+  results = run_emotion(emotion, dataset, options['epochs'], options['seeds'], options['dtypes'],
+                        options['batch_size'], options['train_samples'])
+  return results, note, is_synthetic

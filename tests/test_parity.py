@@ -1,0 +1,155 @@
+"""parity: the checks pass on the real code, and each fails when the maths it guards is broken."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from iemocap import data as data_lib
+from lmf_jax import model as jax_model
+from lmf_jax import optimizer as jax_optimizer
+from parity import checks
+from parity import tolerances
+
+
+@pytest.fixture(scope='module')
+def dataset(small_data_dir):
+  return data_lib.load(small_data_dir, 'sad')
+
+
+def pair_for(emotion, dtype='float32', **overrides):
+  return checks.Pair(checks.parity_config(emotion, **overrides), dtype)
+
+
+def by_check(results):
+  return {r.check: r for r in results}
+
+
+@pytest.mark.parametrize('emotion', ['happy', 'neutral'])  # rank 1 and rank 16, both LSTM sizes
+def test_every_check_passes_in_float32_and_float64(emotion, small_data_dir, tmp_path):
+  results = checks.run_emotion(emotion, data_lib.load(small_data_dir, emotion), epochs=2,
+                               seeds=0, workdir=str(tmp_path))
+  failed = [str(r) for r in results if not r.passed]
+  assert not failed, failed
+  names = {(r.check, r.dtype) for r in results}
+  for check in ('conversion', 'eval_logits', 'train_logits', 'running_stats', 'gradients',
+                'adam_50_steps', 'adam_50_steps_stats', 'same_weights_metrics', 'short_training_f1',
+                'short_training_losses', 'checkpoint_round_trip'):
+    assert (check, 'float32') in names and (check, 'float64') in names, check
+  assert ('amp_logits', 'bfloat16') in names
+  float64 = {r.check: r.max_diff for r in results if r.dtype == 'float64'}
+  assert float64['eval_logits'] < 1e-12 and float64['gradients'] < 1e-12
+  assert float64['adam_50_steps'] < 1e-11
+
+
+def test_every_tolerance_has_a_reason():
+  for (check, dtype), (tol, why) in tolerances.TOLERANCES.items():
+    assert tol >= 0 and len(why) > 20, (check, dtype)
+
+
+def test_a_perturbed_weight_fails_the_output_and_gradient_checks(dataset):
+  pair = pair_for('sad')
+  factor = np.array(pair.jax['params']['text_factor'])
+  factor[0, 3, 1] += 1e-3
+  pair.jax['params']['text_factor'] = jnp.asarray(factor)
+  eval_result = checks.check_eval_logits(pair, dataset, 'sad')[0]
+  assert not eval_result.passed
+  gradients = checks.check_gradients(pair, dataset, 'sad')
+  assert not gradients.passed
+  conversion = checks.check_conversion(pair, 'sad')
+  assert not conversion.passed and conversion.where == 'text_factor'
+
+
+def test_swapped_lstm_gates_fail_the_eval_check(dataset):
+  pair = pair_for('angry')
+  rnn = dict(pair.jax['params']['text_subnet']['rnn'])
+  hidden = rnn['weight_hh_l0'].shape[1]
+  order = np.r_[0:hidden, 2 * hidden:3 * hidden, hidden:2 * hidden, 3 * hidden:4 * hidden]
+  for name in rnn:  # f and g exchanged: a converter that got torch's gate order wrong
+    rnn[name] = rnn[name][order]
+  pair.jax['params']['text_subnet']['rnn'] = rnn
+  result = checks.check_eval_logits(pair, dataset, 'angry')[0]
+  assert not result.passed and result.max_diff > 100 * result.tol
+
+
+def test_adamw_instead_of_adam_with_l2_fails_only_the_optimiser_check(dataset, monkeypatch):
+  pair = pair_for('sad', weight_decay=0.01)
+
+  def decoupled(learning_rate, weight_decay):
+    return optax.adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay)
+
+  monkeypatch.setattr(jax_optimizer, 'torch_adam', decoupled)
+  assert checks.check_gradients(pair, dataset, 'sad').passed
+  params, stats = checks.check_adam_steps(pair, dataset, 'sad')
+  assert not params.passed and params.check == 'adam_50_steps'
+  assert stats.passed  # the running statistics do not depend on the optimiser's first steps
+
+
+class BiasedBatchNorm1d(nn.Module):
+  """flax's habit: the biased batch variance folded into the running average."""
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x, train):
+    features = x.shape[-1]
+    weight = self.param('weight', nn.initializers.ones, (features,))
+    bias = self.param('bias', nn.initializers.zeros, (features,))
+    running_mean = self.variable('batch_stats', 'running_mean', jnp.zeros, (features,))
+    running_var = self.variable('batch_stats', 'running_var', jnp.ones, (features,))
+    tracked = self.variable('batch_stats', 'num_batches_tracked', jnp.zeros, (), jnp.int32)
+    if train:
+      mean, var = jnp.mean(x, axis=0), jnp.var(x, axis=0)
+      if not self.is_initializing():
+        running_mean.value = 0.9 * running_mean.value + 0.1 * mean
+        running_var.value = 0.9 * running_var.value + 0.1 * var
+        tracked.value = tracked.value + 1
+    else:
+      mean, var = running_mean.value, running_var.value
+    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * weight + bias
+
+
+def test_biased_running_variance_fails_the_running_stats_check(dataset, monkeypatch):
+  monkeypatch.setattr(jax_model, 'BatchNorm1d', BiasedBatchNorm1d)
+  pair = pair_for('neutral')
+  train_logits, running_stats = checks.check_train_forward(pair, dataset, 'neutral')
+  assert train_logits.passed  # the batch is normalised the same way...
+  assert not running_stats.passed  # ...but the running variance drifts
+  assert running_stats.where.endswith('running_var')
+
+
+def test_failures_name_check_emotion_parameter_and_tolerance():
+  failing = checks.Result('gradients', 'sad', 'float32', 3e-4, 1e-5, 'audio_factor')
+  assert not failing.passed
+  text = str(failing)
+  for part in ('gradients', 'sad', 'float32', 'audio_factor', '0.0003', '1e-05', 'FAILED'):
+    assert part in text
+  assert not checks.Result('x', 'sad', 'float32', float('nan'), 1.0).passed
+
+
+def test_command_writes_json_and_exits_nonzero_only_on_failure(small_data_dir, tmp_path):
+  out = tmp_path / 'parity.json'
+  result = subprocess.run([sys.executable, '-m', 'parity', f'--data_path={small_data_dir}',
+                           '--emotion=happy', '--dtypes=float32', '--seeds=0', '--epochs=1',
+                           f'--json={out}'], capture_output=True, text=True, check=False)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'max diff' in result.stdout and 'checks passed' in result.stdout
+  records = json.loads(out.read_text())
+  assert {'check', 'emotion', 'max_diff', 'tol', 'passed'} <= set(records[0])
+  assert all(r['passed'] for r in records)
+  bad = subprocess.run([sys.executable, '-m', 'parity', '--emotion=joy'], capture_output=True,
+                       text=True, check=False)
+  assert bad.returncode == 2 and bad.stderr.startswith("error: unknown emotion 'joy'")
+
+
+@pytest.mark.slow
+def test_dropout_on_training_agrees_statistically(small_data_dir, dataset, tmp_path):
+  result = checks.check_dropout_training(dataset, 'happy', str(tmp_path), seeds=2, epochs=2)
+  assert result.passed, str(result)
