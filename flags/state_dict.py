@@ -11,6 +11,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from flags.config import Config
 from iemocap import data as data_lib
 from iemocap import files
 from iemocap.errors import CheckpointError
@@ -112,3 +113,11 @@ def load(path):
   if METADATA_KEY in metadata:
     metadata = json.loads(metadata[METADATA_KEY])
   return arrays, metadata
+
+
+def load_checkpoint(path):
+  """(arrays, Config, metadata) of a checkpoint this project wrote, from either backend."""
+  arrays, metadata = load(path)
+  if 'config' not in metadata:
+    raise CheckpointError(f'{path} has no saved configuration: it was not written by this project')
+  return arrays, Config.from_dict(metadata['config']), metadata

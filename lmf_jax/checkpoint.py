@@ -14,7 +14,6 @@ import numpy as np
 import safetensors.numpy
 
 from flags import state_dict
-from flags.config import Config
 from iemocap import files
 from iemocap import records
 from iemocap.errors import CheckpointError
@@ -106,10 +105,7 @@ def save(path, variables, config, metadata=None):
 
 def load(path):
   """(variables, config, metadata) from a checkpoint written by either backend."""
-  arrays, metadata = state_dict.load(path)
-  if 'config' not in metadata:
-    raise CheckpointError(f'{path} has no saved configuration: it was not written by this project')
-  config = Config.from_dict(metadata['config'])
+  arrays, config, metadata = state_dict.load_checkpoint(path)
   return from_state_dict(arrays, config), config, metadata
 
 

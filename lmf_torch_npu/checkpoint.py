@@ -13,7 +13,6 @@ import safetensors.numpy
 import torch
 
 from flags import state_dict
-from flags.config import Config
 from iemocap import files
 from iemocap import records
 from iemocap.errors import CheckpointError
@@ -53,10 +52,7 @@ def save(path, tensors, config, metadata=None):
 
 def load(path):
   """(model, config, metadata) from a checkpoint written by either backend."""
-  arrays, metadata = state_dict.load(path)
-  if 'config' not in metadata:
-    raise CheckpointError(f'{path} has no saved configuration: it was not written by this project')
-  config = Config.from_dict(metadata['config'])
+  arrays, config, metadata = state_dict.load_checkpoint(path)
   return from_state_dict(arrays, config), config, metadata
 
 

@@ -17,15 +17,12 @@ from iemocap import records
 from lmf_jax import checkpoint
 from lmf_jax import multiseed
 from lmf_jax import train
-
-SMALL = dict(audio_hidden=8, video_hidden=4, text_hidden=16, audio_dropout=0.2, video_dropout=0.1,
-             text_dropout=0.1, factor_lr=0.003, lr=0.003, rank=4, batch_size=32,
-             weight_decay=0.002)
+import run_helpers
 
 
 def small_config(data_dir, workdir, **overrides):
-  return Config(**{**dict(emotion='sad', data_path=data_dir, workdir=str(workdir), epochs=6,
-                          patience=2, seed=10, **SMALL), **overrides})
+  return run_helpers.small_config(data_dir, workdir, **{'epochs': 6, 'patience': 2, 'seed': 10,
+                                                         **overrides})
 
 
 def load_params(path):
@@ -138,7 +135,7 @@ def test_swept_dropout_equals_a_lone_run_with_that_rate(small_data_dir, tmp_path
 
 
 def test_sweeps_cross_with_seeds_and_group_by_shape():
-  base = Config(emotion='sad', seed=5, **SMALL)
+  base = Config(emotion='sad', seed=5, **run_helpers.SMALL)
   sweeps = multiseed.parse_sweeps(['lr=0.0005,0.001,0.003', 'weight_decay=0,0.002',
                                    'rank=1,4'])
   members = multiseed.member_configs(base, 2, sweeps)

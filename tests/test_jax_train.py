@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from flags import presets
@@ -16,26 +15,7 @@ from iemocap import records
 from iemocap.errors import RunError
 from lmf_jax import evaluate
 from lmf_jax import train
-
-SMALL = dict(audio_hidden=8, video_hidden=4, text_hidden=16, audio_dropout=0.2, video_dropout=0.1,
-             text_dropout=0.1, factor_lr=0.003, lr=0.003, rank=4, batch_size=32,
-             weight_decay=0.002)
-
-
-def small_config(data_dir, workdir, **overrides):
-  values = dict(emotion='sad', data_path=data_dir, workdir=str(workdir), epochs=4, patience=3,
-                seed=1, **SMALL)
-  values.update(overrides)
-  return Config(**values)
-
-
-def read_bytes(path):
-  with open(path, 'rb') as f:
-    return f.read()
-
-
-DETERMINISTIC_KEYS = ('f1', 'accuracy', 'test_loss', 'best_valid_loss', 'best_epoch',
-                      'epochs_run', 'stopped_by', 'majority_f1', 'majority_accuracy')
+from run_helpers import DETERMINISTIC_KEYS, read_bytes, small_config
 
 
 @pytest.fixture(scope='module')

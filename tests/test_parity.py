@@ -1,6 +1,5 @@
 """parity: the checks pass on the real code, and each fails when the maths it guards is broken."""
 
-import dataclasses
 import json
 import subprocess
 import sys

@@ -13,24 +13,19 @@ import pytest
 import torch
 
 from flags import state_dict
-from flags.config import Config
 from iemocap import records
 from iemocap.errors import RunError
 from lmf_torch_npu import evaluate
 from lmf_torch_npu import train
 from lmf_torch_npu.options import TorchOptions
+from run_helpers import DETERMINISTIC_KEYS, read_bytes, small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, 'lmf_torch_npu', 'scripts')
-SMALL = dict(audio_hidden=8, video_hidden=4, text_hidden=16, audio_dropout=0.2, video_dropout=0.1,
-             text_dropout=0.1, factor_lr=0.003, lr=0.003, rank=4, batch_size=32,
-             weight_decay=0.002)
 CPU = TorchOptions(device='cpu')
 # The tests check behaviour, not speed: one intra-op thread keeps these tiny models fast on a
 # shared 2-core machine, where a 2-thread OpenMP pool stalls whenever another process holds a core.
 ONE_THREAD = {'OMP_NUM_THREADS': '1'}
-DETERMINISTIC_KEYS = ('f1', 'accuracy', 'test_loss', 'best_valid_loss', 'best_epoch',
-                      'epochs_run', 'stopped_by', 'majority_f1', 'majority_accuracy')
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -39,18 +34,6 @@ def one_thread():
   torch.set_num_threads(1)
   yield
   torch.set_num_threads(threads)
-
-
-def small_config(data_dir, workdir, **overrides):
-  values = dict(emotion='sad', data_path=data_dir, workdir=str(workdir), epochs=4, patience=3,
-                seed=1, **SMALL)
-  values.update(overrides)
-  return Config(**values)
-
-
-def read_bytes(path):
-  with open(path, 'rb') as f:
-    return f.read()
 
 
 @pytest.fixture(scope='module')
