@@ -235,7 +235,9 @@ def perf_report(batch_size, step_s, steps):
 
 
 def format_perf(report):
+  models = report.get('num_models', 1)
+  batch = (f'{models} models x batch {report["batch_size"] // models}' if models > 1
+           else f'batch {report["batch_size"]}')
   return (f'{report["backend"]} {report["emotion"]} on {report["device"]}: '
-          f'{report["steps"]} steps of batch {report["batch_size"]}, '
-          f'step time {1000 * report["step_time_s"]:.2f} ms, '
-          f'{report["samples_per_s"]:.0f} samples/s (FPS)')
+          f'{report["steps"]} steps of {batch}, step time {1000 * report["step_time_s"]:.2f} ms, '
+          f'{report["samples_per_s"]:.0f} {"model-" if models > 1 else ""}samples/s (FPS)')

@@ -123,7 +123,9 @@ class LSTM(nn.Module):
     w_hh = self.param('weight_hh_l0', init, (4 * h_size, h_size))
     b_ih = self.param('bias_ih_l0', init, (4 * h_size,))
     b_hh = self.param('bias_hh_l0', init, (4 * h_size,))
-    projected = jnp.einsum('bti,gi->tbg', x, w_ih) + (b_ih + b_hh)
+    # Time-major before the projection, so it and its gradient are plain matmuls (XLA's CPU
+    # backend otherwise transposes the 4H-wide output: ~8% of a step at H=128).
+    projected = jnp.einsum('tbi,gi->tbg', jnp.swapaxes(x, 0, 1), w_ih) + (b_ih + b_hh)
 
     def step(carry, gates_x):
       h, c = carry
