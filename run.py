@@ -69,8 +69,7 @@ def main(argv):
     return 2
   ensure_environment()
   command = [_python()] + JOBS[argv[0]] + argv[1:]
-  os.chdir(ROOT)
-  os.execv(command[0], command)
+  os.execv(command[0], command)  # in the caller's directory: relative paths mean what they say
 
 
 if __name__ == '__main__':

@@ -56,7 +56,7 @@ class Config:
         ('epochs', self.epochs >= 1, 'must be >= 1'),
         ('patience', self.patience >= 1, 'must be >= 1'),
         ('output_dim', self.output_dim >= 2, 'must be >= 2 (emotion absent, present)'),
-        ('seed', self.seed >= 0, 'must be >= 0'),
+        ('seed', 0 <= self.seed < 2**32, 'must be in [0, 2**32) (JAX keys hold 32 bits)'),
         ('factor_lr', self.factor_lr > 0, 'must be > 0'),
         ('lr', self.lr > 0, 'must be > 0'),
         ('weight_decay', self.weight_decay >= 0, 'must be >= 0'),
@@ -94,11 +94,6 @@ class Config:
     values = {k: v for k, v in self.to_dict().items() if k != 'workdir'}
     blob = json.dumps(values, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
-
-  def differences(self, other):
-    """Names of fields whose values differ from `other`'s (the workdir aside)."""
-    mine, theirs = self.to_dict(), other.to_dict()
-    return [k for k in mine if k != 'workdir' and mine[k] != theirs[k]]
 
   def __str__(self):
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)

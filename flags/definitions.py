@@ -40,7 +40,7 @@ flags.DEFINE_integer('perf_steps', 0, 'Performance mode: time this many train st
 
 FLAGS = flags.FLAGS
 # Flags that shape a training run, which `evaluate` refuses (it reads the checkpoint's config).
-TRAINING_ONLY = ('para_path', 'epochs', 'patience', 'output_dim', 'seed', 'resume',
+TRAINING_ONLY = ('workdir', 'para_path', 'epochs', 'patience', 'output_dim', 'seed', 'resume',
                  'perf_steps') + presets.HPARAMS
 
 

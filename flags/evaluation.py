@@ -4,13 +4,17 @@
 on the command line means the checkpoint's own emotion.
 """
 
+import os
+
 from absl import flags
 
 from flags import definitions
 from flags.errors import ConfigError
+from iemocap import records
 from iemocap.data import SPLITS
 
-flags.DEFINE_string('checkpoint', '', 'checkpoint.safetensors written by lmf_jax or lmf_torch_npu.')
+flags.DEFINE_string('checkpoint', '', 'checkpoint.safetensors written by lmf_jax or lmf_torch_npu, '
+                    'or the workdir of a run (its best model).')
 flags.DEFINE_enum('split', 'test', SPLITS, 'Split to evaluate.')
 flags.DEFINE_boolean('json', False, 'Print one JSON record instead of text.')
 
@@ -22,9 +26,12 @@ def evaluation_request(values=FLAGS):
   """(checkpoint path, emotion or '' for the checkpoint's, data_path, split)."""
   if not values.checkpoint:
     raise ConfigError('--checkpoint is required: pass the checkpoint.safetensors to evaluate')
+  path = values.checkpoint
+  if os.path.isdir(path):  # a run's workdir: its best model
+    path = os.path.join(path, records.CHECKPOINT)
   for name in definitions.TRAINING_ONLY:
     if name not in _EVALUATE_FLAGS and values[name].present:
       raise ConfigError(f'--{name} is a training flag: evaluate reads the model\'s '
                         'configuration from the checkpoint')
   emotion = values.emotion if values['emotion'].present else ''
-  return values.checkpoint, emotion, values.data_path, values.split
+  return path, emotion, values.data_path, values.split

@@ -14,6 +14,7 @@ import safetensors.numpy
 from flags.config import Config
 from iemocap import data as data_lib
 from iemocap import files
+from iemocap.records import TRAIN_STATE
 from iemocap.errors import CheckpointError
 
 FORMAT = 'lmf-2018-state-dict'
@@ -121,3 +122,30 @@ def load_checkpoint(path):
   if 'config' not in metadata:
     raise CheckpointError(f'{path} has no saved configuration: it was not written by this project')
   return arrays, Config.from_dict(metadata['config']), metadata
+
+
+def write_train_state(workdir, arrays, progress):
+  """train_state.safetensors: named arrays plus JSON progress, written atomically (each epoch)."""
+  blob = safetensors.numpy.save({k: np.array(v, order='C') for k, v in arrays.items()},
+                                metadata={'progress': json.dumps(progress, sort_keys=True)})
+  files.atomic_write(os.path.join(workdir, TRAIN_STATE), lambda f: f.write(blob))
+
+
+def read_train_state(workdir):
+  """(arrays, progress, path) of write_train_state's file, for --resume."""
+  path = os.path.join(workdir, TRAIN_STATE)
+  if not os.path.exists(path):
+    raise CheckpointError(f'--resume: {path} does not exist; the run in {workdir} never finished '
+                          'an epoch: start it again without --resume')
+  arrays, metadata = load(path)
+  return arrays, json.loads(metadata['progress']), path
+
+
+def stored(arrays, name, shape, path):
+  """arrays[name], checked to exist with `shape` (a train state written for this run)."""
+  if name not in arrays:
+    raise CheckpointError(f'{path} lacks {name}: it was written for another configuration')
+  if arrays[name].shape != tuple(shape):
+    raise CheckpointError(f'{path}: {name} has shape {arrays[name].shape}, expected '
+                          f'{tuple(shape)}')
+  return arrays[name]

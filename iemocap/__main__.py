@@ -67,6 +67,8 @@ def main(argv=None):
   p_synth.add_argument('--seed', type=int, default=synthetic.DEFAULT_SEED)
   p_synth.add_argument('--sizes', type=_sizes, default=synthetic.DEFAULT_SIZES,
                        help='train,valid,test sample counts (default: the CMU split 2717,798,938)')
+  p_synth.add_argument('--overwrite', action='store_true',
+                       help='replace an existing DIR/iemocap.pkl (refused otherwise)')
   p_convert = commands.add_parser('convert', help='convert iemocap.pkl to a safe, fast iemocap.npz')
   p_convert.add_argument('path', help='iemocap.pkl or the directory holding it')
   p_convert.add_argument('--out', help='output .npz (default: iemocap.npz beside the input)')
@@ -79,10 +81,13 @@ def main(argv=None):
       else:
         _print_info(reports)
     elif args.command == 'synth':
-      path = synthetic.write(args.out, args.seed, args.sizes)
+      path = synthetic.write(args.out, args.seed, args.sizes, args.overwrite)
       print(f'wrote {path} (synthetic, seed {args.seed}, sizes {",".join(map(str, args.sizes))})')
     else:
-      source = data_lib.resolve_path(args.path)
+      source = args.path
+      if os.path.isdir(source):
+        source = os.path.join(source, data_lib.PICKLE_NAME)
+      source = data_lib.resolve_path(source)
       if source.endswith('.npz'):
         raise data_lib.DataError(f'{source} is already an npz: pass the pickle')
       out = args.out or os.path.join(os.path.dirname(os.path.abspath(source)), data_lib.NPZ_NAME)

@@ -134,10 +134,10 @@ def train_and_evaluate(config, backend, dataset, is_synthetic, status, on_epoch_
       'n_train': n_train, 'n_valid': n_valid, 'n_test': dataset.test.n,
       'workdir': os.path.abspath(workdir),
   }
-  records.write_results(workdir, config.to_dict(), record)
   records.plot_loss_curve(os.path.join(workdir, records.LOSS_CURVE), {'run': history},
                           {'run': stopper.best_epoch},
                           f'{backend.name} LMF, {config.emotion}: loss per epoch')
+  records.write_results(workdir, config.to_dict(), record)  # results.json marks it finished
   return record
 
 
@@ -147,9 +147,10 @@ def finished_record(config):
 
 
 def evaluation_config(checkpoint_config, emotion, data_path):
-  """The checkpoint's config, pointed at the data and emotion to evaluate on."""
+  """The checkpoint's config, pointed at the data and emotion to evaluate on (by default the
+  ones it was trained on)."""
   return dataclasses.replace(checkpoint_config, emotion=emotion or checkpoint_config.emotion,
-                             data_path=data_path)
+                             data_path=data_path or checkpoint_config.data_path)
 
 
 def evaluation_report(checkpoint_path, dataset, is_synthetic, split, loss_sum, logits, metadata):

@@ -5,8 +5,8 @@ never leaves a half-written result behind.
 """
 
 import csv
-import hashlib
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -57,11 +57,12 @@ def open_dataset(config):
 
 
 def default_workdir(config, backend, options):
-  """runs/<backend>-<emotion>-<fingerprint of the config and backend options>."""
-  fingerprint = config.fingerprint()
-  if options:
-    blob = json.dumps(options, sort_keys=True).encode()
-    fingerprint = hashlib.sha256(fingerprint.encode() + blob).hexdigest()[:10]
+  """runs/<backend>-<emotion>-<fingerprint of the config, backend options and synthetic data>."""
+  identity = {'options': options}
+  if not config.data_path:
+    identity['synthetic_version'] = synthetic.VERSION  # a new stand-in is a new run
+  blob = json.dumps(identity, sort_keys=True).encode()
+  fingerprint = hashlib.sha256(config.fingerprint().encode() + blob).hexdigest()[:10]
   return os.path.join('runs', f'{backend}-{config.emotion}-{fingerprint}')
 
 
@@ -69,16 +70,17 @@ def prepare_workdir(config, backend, options, resume):
   """(config with its workdir resolved, status): status is 'new', 'resume' or 'complete'.
 
   A workdir belongs to one configuration: another one is refused, never
-  overwritten. A finished run is reported again rather than retrained; an
-  interrupted one continues only with --resume.
+  overwritten. A finished run (results.json, written last) is reported again
+  rather than retrained; an interrupted one continues only with --resume; one
+  interrupted before its first epoch was saved starts again.
   """
   workdir = config.workdir or default_workdir(config, backend, options)
   config = dataclasses.replace(config, workdir=workdir)
   saved_path = os.path.join(workdir, CONFIG_JSON)
   if os.path.exists(saved_path):
     saved = read_json(saved_path)
-    differences = [k for k in config.to_dict() if k != 'workdir'
-                   and saved.get('config', {}).get(k) != config.to_dict()[k]]
+    mine = config.to_dict()
+    differences = [k for k in mine if k != 'workdir' and saved['config'].get(k) != mine[k]]
     if saved.get('backend') != backend:
       differences.insert(0, 'backend')
     if saved.get('backend_options', {}) != options:
@@ -93,12 +95,13 @@ def prepare_workdir(config, backend, options, resume):
         raise RunError(f'workdir {workdir} holds an interrupted run: pass --resume to continue '
                        'it, or choose another --workdir')
       return config, 'resume'
-  elif resume:
-    raise RunError(f'--resume: workdir {workdir} holds no run to continue')
-  for name in (RESULTS_JSON, CHECKPOINT, TRAIN_STATE):
-    if os.path.exists(os.path.join(workdir, name)):
-      raise RunError(f'workdir {workdir} already has {name} but no {CONFIG_JSON}: '
-                     'choose another --workdir')
+  else:
+    if resume:
+      raise RunError(f'--resume: workdir {workdir} holds no run to continue')
+    for name in (RESULTS_JSON, CHECKPOINT, TRAIN_STATE):
+      if os.path.exists(os.path.join(workdir, name)):
+        raise RunError(f'workdir {workdir} already has {name} but no {CONFIG_JSON}: '
+                       'choose another --workdir')
   write_json(saved_path, {'config': config.to_dict(), 'backend': backend,
                           'backend_options': options})
   return config, 'new'
@@ -163,12 +166,12 @@ def csv_row(config, record):
 
 
 def write_results(workdir, config, record):
-  """results.json and results.csv (one row per model: one here, one per seed in sweeps)."""
+  """results.csv, then results.json (one row per model: one here, one per seed in sweeps)."""
   missing = [k for k in RESULT_KEYS if k not in record]
   if missing:
     raise ValueError(f'result record lacks {missing}')
-  write_json(os.path.join(workdir, RESULTS_JSON), record)
   write_csv(os.path.join(workdir, RESULTS_CSV), [csv_row(config, record)])
+  write_json(os.path.join(workdir, RESULTS_JSON), record)  # last: it marks the run finished
 
 
 def write_csv(path, rows):

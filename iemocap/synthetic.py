@@ -46,7 +46,7 @@ SCORE_WEIGHTS = {'text': 0.7, 'audio': 0.5, 'visual': 0.4, 'audio*text': 0.5,
 LABEL_NOISE = 0.6
 TEXT_SIGNAL = 0.22
 NAN_RATE = 4e-4
-MARKER_NAME = 'iemocap.synthetic.json'
+MARKER_SUFFIX = '.synthetic.json'
 INF_RATE = 1e-4
 
 
@@ -125,31 +125,41 @@ def generate(seed=DEFAULT_SEED, sizes=DEFAULT_SIZES):
   return raw
 
 
-def write(out_dir, seed=DEFAULT_SEED, sizes=DEFAULT_SIZES):
+def write(out_dir, seed=DEFAULT_SEED, sizes=DEFAULT_SIZES, overwrite=False):
   """Writes `out_dir/iemocap.pkl` in the Python-2 format of the real file; returns its path.
 
-  A sidecar `iemocap.synthetic.json` marks it, so results made from it say synthetic.
+  A sidecar `iemocap.pkl.synthetic.json` (seed, sizes, the file's size) marks it, so results
+  made from it say synthetic. An existing iemocap.pkl is kept unless `overwrite`: it may be
+  the licensed real file.
   """
   path = os.path.join(os.fspath(out_dir), data_lib.PICKLE_NAME)
+  if os.path.exists(path) and not overwrite:
+    raise data_lib.DataError(f'{path} exists (the real data, perhaps): choose another --out, '
+                             'or pass --overwrite to replace it')
   blob = pickle_io.py2_dumps(generate(seed, sizes))
+  files.atomic_write(path, lambda f: f.write(blob))
   mark(path, {'generator': 'iemocap.synthetic', 'version': VERSION, 'seed': seed,
               'sizes': list(sizes)})
-  files.atomic_write(path, lambda f: f.write(blob))
   return path
 
 
 def _marker(data_file):
-  return os.path.join(os.path.dirname(os.path.abspath(data_file)), MARKER_NAME)
+  return os.path.abspath(os.fspath(data_file)) + MARKER_SUFFIX
 
 
 def mark(data_file, record):
-  files.write_json(_marker(data_file), record)
+  """Marks `data_file` as synthetic; the marker holds its size, so a file put in its place later
+  is not mistaken for it."""
+  files.write_json(_marker(data_file), {**record, 'bytes': os.path.getsize(data_file)})
 
 
 def describe(data_file):
   """The synthetic set's marker record, or None for any other file (real data)."""
   marker = _marker(data_file)
-  return files.read_json(marker) if os.path.exists(marker) else None
+  if not os.path.exists(marker):
+    return None
+  record = files.read_json(marker)
+  return record if record.get('bytes') == os.path.getsize(data_file) else None
 
 
 def cache_dir():
@@ -161,9 +171,9 @@ def cache_dir():
 
 
 def default_path(seed=DEFAULT_SEED):
-  """The cached default synthetic file, generated on first use."""
+  """The cached default synthetic file, generated on first use (or if its marker is missing)."""
   directory = os.path.join(cache_dir(), f'synthetic-v{VERSION}-seed{seed}')
   path = os.path.join(directory, data_lib.PICKLE_NAME)
-  if not os.path.exists(path):
-    write(directory, seed)
+  if not os.path.exists(path) or describe(path) is None:
+    write(directory, seed, overwrite=True)
   return path

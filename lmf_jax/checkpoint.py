@@ -5,17 +5,12 @@ collection and path, transform). Dense kernels are stored (in, out) by flax and
 (out, in) by torch, hence the transposes; everything else is stored as is.
 """
 
-import json
-import os
 import re
 
 import jax
 import numpy as np
-import safetensors.numpy
 
 from flags import state_dict
-from iemocap import files
-from iemocap import records
 from iemocap.errors import CheckpointError
 
 IDENTITY = 'identity'
@@ -118,39 +113,22 @@ def flatten_tree(tree, prefix):
 def unflatten_tree(template, arrays, prefix, what):
   """The pytree shaped like `template` with leaves from `flatten_tree`'s output."""
   leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-  restored = []
-  for path, leaf in leaves:
-    name = f'{prefix}{jax.tree_util.keystr(path)}'
-    if name not in arrays:
-      raise CheckpointError(f'{what} lacks {name}: it was written for another configuration')
-    value = arrays[name]
-    if value.shape != np.shape(leaf):
-      raise CheckpointError(f'{what}: {name} has shape {value.shape}, expected {np.shape(leaf)}')
-    restored.append(jax.numpy.asarray(value, dtype=np.asarray(leaf).dtype))
+  restored = [jax.numpy.asarray(
+      state_dict.stored(arrays, f'{prefix}{jax.tree_util.keystr(path)}', np.shape(leaf), what),
+      dtype=np.asarray(leaf).dtype) for path, leaf in leaves]
   return jax.tree_util.tree_unflatten(treedef, restored)
 
 
 def save_train_state(workdir, trees, progress):
-  """train_state.safetensors: everything `--resume` needs, written atomically each epoch.
-
-  trees: {name: pytree}; progress: JSON-able counters (epoch, early stopping, ...).
-  """
-  tensors = {}
+  """train_state.safetensors: everything `--resume` needs ({name: pytree} and JSON progress)."""
+  arrays = {}
   for name, tree in trees.items():
-    tensors.update(flatten_tree(tree, name))
-  blob = safetensors.numpy.save(
-      {k: np.array(v, order='C') for k, v in tensors.items()},
-      metadata={'progress': json.dumps(progress, sort_keys=True)})
-  files.atomic_write(os.path.join(workdir, records.TRAIN_STATE), lambda f: f.write(blob))
+    arrays.update(flatten_tree(tree, name))
+  state_dict.write_train_state(workdir, arrays, progress)
 
 
 def load_train_state(workdir, templates):
   """(trees shaped like `templates`, progress) from save_train_state's file."""
-  path = os.path.join(workdir, records.TRAIN_STATE)
-  if not os.path.exists(path):
-    raise CheckpointError(f'--resume: {path} does not exist; the run in {workdir} never finished '
-                          'an epoch: start it again without --resume')
-  arrays, metadata = state_dict.load(path)
-  trees = {name: unflatten_tree(template, arrays, name, path)
-           for name, template in templates.items()}
-  return trees, json.loads(metadata['progress'])
+  arrays, progress, path = state_dict.read_train_state(workdir)
+  return {name: unflatten_tree(template, arrays, name, path)
+          for name, template in templates.items()}, progress

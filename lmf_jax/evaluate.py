@@ -8,6 +8,7 @@ import json
 import jax
 import numpy as np
 from absl import app
+from absl import flags
 from absl import logging
 
 from flags import cli
@@ -16,7 +17,12 @@ from iemocap import protocol
 from iemocap import records
 from lmf_jax import checkpoint
 from lmf_jax import model as model_lib
+from lmf_jax import options
 from lmf_jax import train
+
+
+# `--help` lists the evaluate flags, not only this module's (it has none).
+flags.adopt_module_key_flags(evaluation)
 
 
 def evaluate(checkpoint_path, emotion='', data_path='', split='test'):
@@ -36,6 +42,7 @@ def evaluate(checkpoint_path, emotion='', data_path='', split='test'):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  options.refuse_training_flags()
   report = evaluate(*evaluation.evaluation_request())
   print(json.dumps(report, indent=2) if evaluation.FLAGS.json
         else protocol.format_evaluation(report))

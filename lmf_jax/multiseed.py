@@ -214,11 +214,12 @@ def _train_group(ensemble, dataset, history, stoppers, epochs_run, indices):
   return diverged, train_seconds
 
 
-def _throughput(train_seconds, n_train):
-  """Model-samples per second over the epochs after the first (which compiles)."""
-  rows = train_seconds[1:] or train_seconds
-  seconds = sum(s for s, _ in rows)
-  return n_train * sum(active for _, active in rows) / seconds if seconds else 0.0
+def _throughput(group_seconds, n_train):
+  """Model-samples per second over all groups (which run one after the other), leaving out each
+  group's first epoch (it compiles). group_seconds: per group, [(seconds, models trained)]."""
+  rows = [row for seconds in group_seconds for row in (seconds[1:] or seconds)]
+  total = sum(s for s, _ in rows)
+  return n_train * sum(active for _, active in rows) / total if total else 0.0
 
 
 def _member_record(member, config, stopper, epochs_run, diverged, test_loss, logits, labels):
@@ -238,6 +239,7 @@ def train_members(config, num_seeds=1, sweeps=(), save_members=False):
   """Trains every member for one emotion in config.workdir; returns results.json's record."""
   dataset, is_synthetic, data_note = records.open_dataset(config)
   logging.info(data_note)
+  member_configs(config, num_seeds, sweeps)  # refuse bad values before the workdir is claimed
   options = {'num_seeds': num_seeds, 'sweep': [[n, v] for n, v in sweeps]}
   config, status = records.prepare_workdir(config, train.BACKEND, options, resume=False)
   if status == 'complete':
@@ -255,49 +257,74 @@ def train_members(config, num_seeds=1, sweeps=(), save_members=False):
                  {n: getattr(group[0], n) for n in SHAPE_CHANGING})
     ensemble = Ensemble(group, dataset)
     diverged, seconds = _train_group(ensemble, dataset, history, stoppers, epochs_run, indices)
-    throughput.append(_throughput(seconds, dataset.train.n))
+    throughput.append(seconds)
     test_loss, logits = ensemble.evaluate('test', best=True)
     for k, member in enumerate(indices):
       member_records[member] = _member_record(member, members[member], stoppers[member],
                                               epochs_run[member], diverged[k], test_loss[k],
                                               logits[k], dataset.test.label)
       variables[member] = ensemble.member_variables(k)
-  record = _summary(config, members, member_records, dataset, is_synthetic, throughput,
-                    time.perf_counter() - started)
+  record = _summary(config, members, member_records, dataset, is_synthetic,
+                    _throughput(throughput, dataset.train.n), time.perf_counter() - started)
   _write_outputs(config, members, member_records, record, history, variables, save_members)
   return record
 
 
+def _setting(record):
+  """The hyperparameters that make a model's setting: everything swept, not the seed."""
+  return tuple(record[name] for name in SWEEPABLE + SHAPE_CHANGING)
+
+
 def _summary(config, members, member_records, dataset, is_synthetic, throughput, wall_s):
+  """results.json: the chosen setting's mean and spread over seeds, and its chosen model.
+
+  Both choices use validation only: the setting with the lowest mean best-valid-loss over its
+  seeds, then its model with the lowest best valid loss.
+  """
   candidates = [r for r in member_records if r['best_valid_loss'] is not None]
   if not candidates:
     raise RunError('every model diverged: lower --lr/--factor_lr')
-  chosen = min(candidates, key=lambda r: r['best_valid_loss'])  # selection on validation only
-  f1s = [r['f1'] for r in candidates]
-  accuracies = [r['accuracy'] for r in candidates]
+  settings = {}
+  for r in candidates:
+    settings.setdefault(_setting(r), []).append(r)
+  spread = lambda values: statistics.stdev(values) if len(values) > 1 else 0.0
+  summaries = []
+  for runs in settings.values():
+    f1s, accuracies = [r['f1'] for r in runs], [r['accuracy'] for r in runs]
+    summaries.append({**{n: runs[0][n] for n in SWEEPABLE + SHAPE_CHANGING},
+                      'models': len(runs), 'seeds': [r['seed'] for r in runs],
+                      'valid_loss_mean': statistics.fmean(r['best_valid_loss'] for r in runs),
+                      'f1_mean': statistics.fmean(f1s), 'f1_std': spread(f1s),
+                      'accuracy_mean': statistics.fmean(accuracies),
+                      'accuracy_std': spread(accuracies)})
+  best_setting = min(summaries, key=lambda s: s['valid_loss_mean'])
+  chosen = min(settings[tuple(best_setting[n] for n in SWEEPABLE + SHAPE_CHANGING)],
+               key=lambda r: r['best_valid_loss'])
   majority_f1, majority_accuracy = metrics.majority_baseline(dataset.train.label,
                                                              dataset.test.label)
-  spread = lambda values: statistics.stdev(values) if len(values) > 1 else 0.0
   return {
       'emotion': config.emotion, 'backend': train.BACKEND, 'device': train.device_description(),
       'f1': chosen['f1'], 'accuracy': chosen['accuracy'], 'test_loss': chosen['test_loss'],
       'best_valid_loss': chosen['best_valid_loss'], 'best_epoch': chosen['best_epoch'],
       'epochs_run': chosen['epochs_run'], 'stopped_by': chosen['stopped_by'],
       'seed': chosen['seed'], 'chosen_member': chosen['member'],
-      'selection': 'lowest best valid loss (test figures never used to choose)',
+      'selection': 'setting by mean valid loss over seeds, then its model by valid loss; '
+                   'test figures never choose',
       'majority_f1': majority_f1, 'majority_accuracy': majority_accuracy,
-      'num_models': len(members), 'f1_mean': statistics.fmean(f1s), 'f1_std': spread(f1s),
-      'accuracy_mean': statistics.fmean(accuracies), 'accuracy_std': spread(accuracies),
-      'train_samples_per_s': round(sum(throughput), 1),
+      'num_models': len(members), 'models_in_setting': best_setting['models'],
+      'f1_mean': best_setting['f1_mean'], 'f1_std': best_setting['f1_std'],
+      'accuracy_mean': best_setting['accuracy_mean'],
+      'accuracy_std': best_setting['accuracy_std'],
+      'train_samples_per_s': round(throughput, 1),
       'wall_s': round(wall_s, 3), 'data': dataset.path, 'synthetic': is_synthetic,
       'n_train': dataset.train.n, 'n_valid': dataset.valid.n, 'n_test': dataset.test.n,
-      'workdir': os.path.abspath(config.workdir), 'members': member_records,
+      'workdir': os.path.abspath(config.workdir), 'settings': summaries,
+      'members': member_records,
   }
 
 
 def _write_outputs(config, members, member_records, record, history, variables, save_members):
   workdir = config.workdir
-  records.write_json(os.path.join(workdir, records.RESULTS_JSON), record)
   rows = []
   for member_config, member in zip(members, member_records):
     header, row = records.csv_row(member_config.to_dict(), {
@@ -331,11 +358,14 @@ def _write_outputs(config, members, member_records, record, history, variables, 
         checkpoint.save(os.path.join(workdir, MEMBERS_DIR, f'member{index}-seed{member["seed"]}'
                                      '.safetensors'), variables[index], members[index],
                         {'epoch': member['best_epoch'], 'member': index})
+  records.write_json(os.path.join(workdir, records.RESULTS_JSON), record)  # last: marks it done
 
 
 def format_members(record):
   """The per-emotion summary: chosen model beside the mean and spread over models."""
-  lines = [f'jax LMF, {record["emotion"]}: {record["num_models"]} models'
+  setting = (f', the chosen setting\'s {record["models_in_setting"]} seeds'
+             if record['models_in_setting'] != record['num_models'] else '')
+  lines = [f'jax LMF, {record["emotion"]}: {record["num_models"]} models{setting}'
            + (' (synthetic data: not the paper\'s F1)' if record['synthetic'] else ''),
            f'  weighted F1  mean {100 * record["f1_mean"]:.2f} +- {100 * record["f1_std"]:.2f}  '
            f'chosen (seed {record["seed"]}, lowest valid loss) {100 * record["f1"]:.2f}  '

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app
+from absl import flags
 from absl import logging
 
 from flags import cli
@@ -31,9 +32,12 @@ from iemocap import synthetic
 from lmf_jax import checkpoint
 from lmf_jax import model as model_lib
 from lmf_jax import optimizer
-from lmf_jax import options  # pylint: disable=unused-import  (defines the JAX-only flags)
+from lmf_jax import options
 
 BACKEND = 'jax'
+# `--help` lists the shared and the JAX-only flags, not only this module's (it has none).
+flags.adopt_module_key_flags(definitions)
+flags.adopt_module_key_flags(options)
 
 @flax.struct.dataclass
 class TrainState:
@@ -145,14 +149,14 @@ class JaxRun:
                     {'epoch': epoch})
 
   def save_progress(self, workdir, progress):
-    checkpoint.save_train_state(workdir, {'state': self.state}, progress)
+    # The best weights travel with the state: checkpoint.safetensors may be an epoch ahead of
+    # `progress` if the run stopped between the two writes.
+    checkpoint.save_train_state(workdir, {'state': self.state, 'best': self.best}, progress)
 
   def restore(self, workdir):
-    trees, progress = checkpoint.load_train_state(workdir, {'state': self.state})
-    self.state = trees['state']
-    best_path = os.path.join(workdir, records.CHECKPOINT)
-    if os.path.exists(best_path):
-      self.best = jax.device_get(checkpoint.load(best_path)[0])
+    trees, progress = checkpoint.load_train_state(workdir, {'state': self.state,
+                                                            'best': self.best})
+    self.state, self.best = trees['state'], jax.device_get(trees['best'])
     return progress
 
   def describe_device(self):
@@ -234,6 +238,9 @@ def main(argv):
   if values.num_seeds != 1 or values.sweep or values.emotion.strip().lower() == 'all':
     main_members(values)
     return
+  if values.save_members:
+    raise ConfigError('--save_members needs --num_seeds > 1, --sweep or --emotion=all: a single '
+                      'run saves its model as checkpoint.safetensors')
   config = definitions.config_from_flags(values)
   if values.perf_steps > 0:
     print(records.format_perf(measure_performance(config, values.perf_steps)))

@@ -5,16 +5,10 @@ map is the identity; flags/state_dict.py checks the key set and shapes both
 ways. Files are safetensors with JSON metadata: nothing is ever unpickled.
 """
 
-import json
-import os
-
 import numpy as np
-import safetensors.numpy
 import torch
 
 from flags import state_dict
-from iemocap import files
-from iemocap import records
 from iemocap.errors import CheckpointError
 from lmf_torch_npu import model as model_lib
 
@@ -85,33 +79,17 @@ def load_optimizer_tensors(optimizer, tensors):
 
 
 def save_train_state(workdir, trees, progress):
-  """train_state.safetensors: everything `--resume` needs, written atomically each epoch.
-
-  trees: {name: {key: tensor}}; progress: JSON-able counters (epoch, early stopping, ...).
-  """
-  arrays = {f'{name}/{key}': np.array(to_numpy(value), order='C')
-            for name, tree in trees.items() for key, value in tree.items()}
-  blob = safetensors.numpy.save(arrays, metadata={'progress': json.dumps(progress, sort_keys=True)})
-  files.atomic_write(os.path.join(workdir, records.TRAIN_STATE), lambda f: f.write(blob))
+  """train_state.safetensors: everything `--resume` needs ({name: {key: tensor}} and progress)."""
+  state_dict.write_train_state(workdir, {f'{name}/{key}': to_numpy(value)
+                                         for name, tree in trees.items()
+                                         for key, value in tree.items()}, progress)
 
 
 def load_train_state(workdir, shapes):
   """({name: {key: CPU tensor}}, progress) from save_train_state's file, checked against
   `shapes` ({name: {key: shape}})."""
-  path = os.path.join(workdir, records.TRAIN_STATE)
-  if not os.path.exists(path):
-    raise CheckpointError(f'--resume: {path} does not exist; the run in {workdir} never finished '
-                          'an epoch: start it again without --resume')
-  arrays, metadata = state_dict.load(path)
-  trees = {}
-  for name, expected in shapes.items():
-    trees[name] = {}
-    for key, shape in expected.items():
-      stored = f'{name}/{key}'
-      if stored not in arrays:
-        raise CheckpointError(f'{path} lacks {stored}: it was written for another configuration')
-      if arrays[stored].shape != tuple(shape):
-        raise CheckpointError(f'{path}: {stored} has shape {arrays[stored].shape}, expected '
-                              f'{tuple(shape)}')
-      trees[name][key] = torch.from_numpy(np.array(arrays[stored]))
-  return trees, json.loads(metadata['progress'])
+  arrays, progress, path = state_dict.read_train_state(workdir)
+  return {name: {key: torch.from_numpy(np.array(state_dict.stored(arrays, f'{name}/{key}', shape,
+                                                                  path)))
+                 for key, shape in expected.items()}
+          for name, expected in shapes.items()}, progress

@@ -6,6 +6,7 @@
 import json
 
 from absl import app
+from absl import flags
 from absl import logging
 
 from flags import cli
@@ -16,6 +17,11 @@ from lmf_torch_npu import checkpoint
 from lmf_torch_npu import device as device_lib
 from lmf_torch_npu import options
 from lmf_torch_npu import train
+
+
+# `--help` lists the evaluate flags, not only this module's (it has none).
+flags.adopt_module_key_flags(evaluation)
+flags.adopt_module_key_flags(options)
 
 
 def evaluate(checkpoint_path, emotion='', data_path='', split='test', device='auto'):

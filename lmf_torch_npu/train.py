@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from absl import app
+from absl import flags
 from absl import logging
 
 from flags import cli
@@ -28,6 +29,9 @@ from lmf_torch_npu import optimizer
 from lmf_torch_npu import options as options_lib
 
 BACKEND = 'torch'
+# `--help` lists the shared and the device/AMP flags, not only this module's (it has none).
+flags.adopt_module_key_flags(definitions)
+flags.adopt_module_key_flags(options_lib)
 DROPOUT_STREAM = 1  # keeps dropout seeds apart from the batch order's (seed, epoch) stream
 
 
@@ -142,9 +146,11 @@ class TorchRun:
                     {'epoch': epoch})
 
   def save_progress(self, workdir, progress):
+    # The best weights travel with the state: checkpoint.safetensors may be an epoch ahead of
+    # `progress` if the run stopped between the two writes.
     checkpoint.save_train_state(
         workdir, {'model': self.model.state_dict(),
-                  'optimizer': checkpoint.optimizer_tensors(self.tx)},
+                  'optimizer': checkpoint.optimizer_tensors(self.tx), 'best': self.best},
         {**progress, 'loss_scaler': self.amp.state_dict()})
 
   def restore(self, workdir):
@@ -152,16 +158,15 @@ class TorchRun:
       raise RunError('--resume is not supported with --amp_backend=apex (its master weights '
                      'are not saved): start the run again, or train with native AMP')
     shapes = {'model': {k: tuple(v.shape) for k, v in self.model.state_dict().items()},
-              'optimizer': checkpoint.optimizer_shapes(self.tx)}
+              'optimizer': checkpoint.optimizer_shapes(self.tx),
+              'best': {k: tuple(v.shape) for k, v in self.best.items()}}
     trees, progress = checkpoint.load_train_state(workdir, shapes)
     self.model.load_state_dict(trees['model'])
     checkpoint.load_optimizer_tensors(self.tx, trees['optimizer'])
     self.amp.load_state_dict(progress.get('loss_scaler'))
     self.epoch = progress['epoch']
-    best_path = os.path.join(workdir, records.CHECKPOINT)
-    if os.path.exists(best_path):
-      best_model = checkpoint.load(best_path)[0]
-      self.best = {k: v.to(self.device) for k, v in best_model.state_dict().items()}
+    self.best = {k: v.to(device=self.device, dtype=self.best[k].dtype)
+                 for k, v in trees['best'].items()}
     return progress
 
   def describe_device(self):

@@ -46,6 +46,8 @@ def parse_args(argv):
   args = parser.parse_args(argv)
   if args.epochs < 1 or args.seeds < 0 or args.batch_size < 0 or args.train_samples < 0:
     parser.error('--epochs must be >= 1; --seeds, --batch_size, --train_samples >= 0')
+  if args.seeds == 1:
+    parser.error('--seeds must be 0 (skip the dropout-on check) or at least 2 (a spread needs two)')
   dtypes = [d.strip() for d in args.dtypes.split(',') if d.strip()]
   if not dtypes or any(d not in checks.DTYPES for d in dtypes):
     parser.error(f'--dtypes={args.dtypes}: choose from {",".join(checks.DTYPES)}')

@@ -60,9 +60,10 @@ class Result:
     return math.isfinite(self.max_diff) and self.max_diff <= self.tol
 
   def as_dict(self):
+    finite = math.isfinite(self.max_diff)  # JSON has no inf: a mismatch of keys is null
     return {'check': self.check, 'emotion': self.emotion, 'dtype': self.dtype,
-            'max_diff': self.max_diff, 'tol': self.tol, 'passed': self.passed,
-            'where': self.where}
+            'max_diff': self.max_diff if finite else None, 'tol': self.tol,
+            'passed': self.passed, 'where': self.where}
 
   def __str__(self):
     verdict = 'ok' if self.passed else 'FAILED'
@@ -321,33 +322,60 @@ def check_short_training(pair, dataset, emotion, workdir, epochs):
           result('short_training_losses', emotion, pair.dtype, loss_diff, where)], out
 
 
-def check_checkpoint_round_trip(dataset, emotion, dtype, workdir):
-  """Each backend's checkpoint, evaluated by the other, gives the writer's test F1."""
+def check_checkpoint_round_trip(dataset, emotion, dtype, workdir, trained):
+  """Each backend's checkpoint, evaluated by the other, gives the writer's test F1.
+
+  `trained` is {backend: results record} of the runs that wrote them. In float32 the reader
+  must match the trainer's own F1; a float64 run's checkpoint is stored in float32, so there
+  the reader matches the writer's evaluate command.
+  """
   data_path = dataset.path
   diffs = []
   for writer, reader in (('jax', 'torch'), ('torch', 'jax')):
     path = os.path.join(workdir, writer, records.CHECKPOINT)
-    own = (jax_evaluate if writer == 'jax' else torch_evaluate).evaluate(path, data_path=data_path)
-    other = (torch_evaluate if reader == 'torch' else jax_evaluate).evaluate(
-        path, data_path=data_path)
-    diffs.append((abs(own['f1'] - other['f1']), f'{writer} checkpoint read by {reader}'))
+    commands = {'jax': jax_evaluate, 'torch': torch_evaluate}
+    other = commands[reader].evaluate(path, data_path=data_path)['f1']
+    if dtype == 'float32':
+      diffs.append((abs(trained[writer]['f1'] - other), f'{writer} run\'s F1 vs {reader} evaluate'))
+    own = commands[writer].evaluate(path, data_path=data_path)['f1']
+    diffs.append((abs(own - other), f'{writer} checkpoint: {writer} vs {reader} evaluate'))
   diff, where = max(diffs)
   return result('checkpoint_round_trip', emotion, dtype, diff, where)
 
 
+def amp_devices():
+  """(DeviceChoice, dtype name) pairs to check autocast on: bf16 on the CPU, fp16 on a GPU or
+  NPU when this machine has one."""
+  found = [(CPU, 'bfloat16')]
+  for kind in ('cuda', 'npu'):
+    try:
+      found.append((torch_device.select_device(kind), 'float16'))
+    except torch_device.DeviceError:
+      pass
+  return found
+
+
 def check_amp(pair, dataset, emotion):
-  """torch autocast (bf16 on the CPU) against the JAX float32 forward, relative to the logits."""
+  """torch autocast (bf16 on the CPU, fp16 on GPU/NPU) against the JAX float32 forward, relative
+  to the logits' scale."""
   test = dataset.test.arrays()
   _, jax_logits = jax.jit(functools.partial(jax_train.eval_step, model=pair.jax_model))(
       pair.jax, test)
-  precision = torch_device.select_precision(CPU, 'O1', 'auto', 'native')
-  amp = torch_device.MixedPrecision(CPU, precision)
-  pair.torch.eval()
-  with torch.no_grad(), amp.autocast():
-    logits = pair.torch(*(torch.from_numpy(test[k]) for k in ('audio', 'visual', 'text')))
-  diff, _ = worst({'logits': logits.float().numpy()}, {'logits': np.asarray(jax_logits)},
-                  relative=True)
-  return result('amp_logits', emotion, 'bfloat16', diff, 'logits (bf16 autocast vs fp32)')
+  results = []
+  for choice, dtype in amp_devices():
+    torch_device.activate(choice)
+    amp = torch_device.MixedPrecision(choice, torch_device.select_precision(choice, 'O1', 'auto',
+                                                                            'native'))
+    model = torch_checkpoint.from_state_dict(pair.torch_arrays(), pair.config).to(
+        choice.torch_device()).eval()
+    with torch.no_grad(), amp.autocast():
+      logits = model(*(torch.from_numpy(test[k]).to(choice.torch_device())
+                       for k in ('audio', 'visual', 'text')))
+    diff, _ = worst({'logits': logits.float().cpu().numpy()}, {'logits': np.asarray(jax_logits)},
+                    relative=True)
+    results.append(result('amp_logits', emotion, dtype, diff,
+                          f'logits ({dtype} autocast on {choice.name} vs JAX fp32)'))
+  return results
 
 
 def check_dropout_training(dataset, emotion, workdir, seeds, epochs, batch_size=None):
@@ -367,7 +395,7 @@ def check_dropout_training(dataset, emotion, workdir, seeds, epochs, batch_size=
         run = torch_train.TorchRun(backend_config, dataset, CPU, FP32)
       record = protocol.train_and_evaluate(backend_config, run, dataset, True, status)
       f1[backend].append(record['f1'])
-  stderr = math.sqrt(sum(statistics.pvariance(v) / len(v) for v in f1.values()))
+  stderr = math.sqrt(sum(statistics.variance(v) / len(v) for v in f1.values()))
   diff = abs(statistics.fmean(f1['jax']) - statistics.fmean(f1['torch']))
   allowed = max(tolerances.tolerance('dropout_training_f1', 'float32'), 3 * stderr)
   return Result('dropout_training_f1', emotion, 'float32', diff, allowed,
@@ -399,11 +427,11 @@ def run_emotion(emotion, dataset, epochs=2, seeds=2, dtypes=DTYPES, batch_size=3
         results += check_adam_steps(pair, data, emotion)
         results.append(check_same_weights_metrics(data, emotion, dtype, jax_logits, torch_logits))
         run_dir = os.path.join(workdir, f'{emotion}-{dtype}')
-        short, _ = check_short_training(pair, data, emotion, run_dir, epochs)
+        short, trained = check_short_training(pair, data, emotion, run_dir, epochs)
         results += short
-        results.append(check_checkpoint_round_trip(dataset, emotion, dtype, run_dir))
+        results.append(check_checkpoint_round_trip(dataset, emotion, dtype, run_dir, trained))
         if dtype == 'float32':
-          results.append(check_amp(pair, data, emotion))
+          results += check_amp(pair, data, emotion)
     if seeds:
       results.append(check_dropout_training(training, emotion, os.path.join(workdir, emotion),
                                             seeds, epochs, batch_size))

@@ -41,7 +41,10 @@ TOLERANCES = {
     ('checkpoint_round_trip', 'float64'): (0.0, 'the evaluate commands run in float32 whatever '
                                            'the training dtype: exact as well'),
     ('amp_logits', 'bfloat16'): (0.25, 'relative to max |fp32 logit|: bf16 keeps 8 bits of '
-                                 'mantissa through ~10 matmuls; measured ~0.03'),
+                                 'mantissa through ~10 matmuls; measured 0.022 on the CPU'),
+    ('amp_logits', 'float16'): (0.05, 'relative to max |fp32 logit|, fp16 autocast on a GPU or '
+                                'NPU: 11 bits of mantissa, 8x finer than bf16; not yet measured '
+                                '(no accelerator so far): revisit with the first figure'),
     ('dropout_training_f1', 'float32'): (0.03, 'mean test F1 over seeds, different RNGs: the '
                                          'larger of 3 F1 points and 3 standard errors'),
 }

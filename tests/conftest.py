@@ -5,8 +5,8 @@ import os
 import pytest
 
 # Tests never write into the user's cache.
-os.environ.setdefault('LMF_CACHE_DIR', os.path.join(os.path.dirname(__file__), '..', '.cache',
-                                                     'test-cache'))
+os.environ['LMF_CACHE_DIR'] = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..',
+                                          '.cache', 'test-cache')
 
 from iemocap import synthetic  # pylint: disable=wrong-import-position
 from lmf_jax import train as jax_train  # pylint: disable=wrong-import-position

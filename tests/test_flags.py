@@ -115,7 +115,6 @@ def test_config_is_frozen_serialisable_and_fingerprinted():
   assert other.fingerprint() == config.fingerprint()
   changed = Config.from_dict({**config.to_dict(), 'lr': 0.01})
   assert changed.fingerprint() != config.fingerprint()
-  assert config.differences(changed) == ['lr']
   with pytest.raises(ConfigError, match='unknown fields'):
     Config.from_dict({**config.to_dict(), 'colour': 'red'})
   assert 'sad' in str(config)

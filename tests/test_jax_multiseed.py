@@ -84,23 +84,46 @@ def test_results_summarise_members_and_choose_on_validation(seeds_run):
   assert os.path.getsize(os.path.join(config.workdir, records.LOSS_CURVE)) > 0
 
 
+def member_records_for(members, valid_losses, f1s):
+  return [{'member': i, 'seed': c.seed, **c.hparams(), 'best_valid_loss': valid, 'f1': f1,
+           'accuracy': f1, 'test_loss': 0.5, 'best_epoch': 3, 'epochs_run': 5,
+           'stopped_by': 'early_stopping'}
+          for i, (c, valid, f1) in enumerate(zip(members, valid_losses, f1s))]
+
+
 def test_selection_ignores_test_scores(small_data_dir):
   """The model best on test is not the one chosen: only the valid loss decides."""
   dataset = data_lib.load(small_data_dir, 'sad')
   config = small_config(small_data_dir, '')
   members = multiseed.member_configs(config, 3, ())
-  member_records = [
-      {'member': i, 'seed': c.seed, 'best_valid_loss': valid, 'f1': f1, 'accuracy': f1,
-       'test_loss': 0.5, 'best_epoch': 3, 'epochs_run': 5, 'stopped_by': 'early_stopping'}
-      for i, (c, valid, f1) in enumerate(zip(members, (0.50, 0.40, 0.45), (0.90, 0.70, 0.95)))]
-  summary = multiseed._summary(config, members, member_records, dataset, True, [1.0], 1.0)
+  member_records = member_records_for(members, (0.50, 0.40, 0.45), (0.90, 0.70, 0.95))
+  summary = multiseed._summary(config, members, member_records, dataset, True, 1.0, 1.0)
   assert summary['chosen_member'] == 1 and summary['f1'] == 0.70
   assert summary['seed'] == members[1].seed
   assert max(member_records, key=lambda r: r['f1'])['member'] == 2
   diverged = dict(member_records[1], best_valid_loss=None, f1=None, accuracy=None)
   summary = multiseed._summary(config, members, [member_records[0], diverged, member_records[2]],
-                               dataset, True, [1.0], 1.0)
+                               dataset, True, 1.0, 1.0)
   assert summary['chosen_member'] == 2 and summary['f1_mean'] == pytest.approx(0.925)
+
+
+def test_a_sweep_chooses_the_setting_by_mean_valid_loss_and_reports_its_seeds(small_data_dir):
+  dataset = data_lib.load(small_data_dir, 'sad')
+  config = small_config(small_data_dir, '')
+  members = multiseed.member_configs(config, 2, multiseed.parse_sweeps(['lr=0.001,0.003']))
+  # lr=0.001 has the single best model (0.30) but the worse mean (0.45 vs 0.40).
+  member_records = member_records_for(members, (0.30, 0.60, 0.41, 0.39), (0.6, 0.7, 0.8, 0.9))
+  summary = multiseed._summary(config, members, member_records, dataset, True, 1.0, 1.0)
+  assert summary['chosen_member'] == 3 and members[3].lr == 0.003
+  assert summary['models_in_setting'] == 2 and summary['num_models'] == 4
+  assert summary['f1_mean'] == pytest.approx(0.85)
+  assert {s['lr']: s['models'] for s in summary['settings']} == {0.001: 2, 0.003: 2}
+
+
+def test_throughput_of_groups_run_one_after_another():
+  # Two groups, each [(seconds, models training)] per epoch; first epochs (compiling) left out.
+  assert multiseed._throughput([[(9.0, 4), (1.0, 4)], [(9.0, 2), (3.0, 2)]], 100) == (
+      pytest.approx(100 * (4 + 2) / (1.0 + 3.0)))
 
 
 def test_a_stopped_model_does_not_change(small_data_dir):

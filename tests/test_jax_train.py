@@ -168,6 +168,19 @@ def test_command_line_errors_are_one_line(small_data_dir, tmp_path, args, messag
   assert not (tmp_path / 'bad' / records.RESULTS_JSON).exists()
 
 
+def test_evaluate_takes_a_workdir_and_refuses_training_flags(finished_run):
+  config, record = finished_run
+  result = run_cli('lmf_jax.evaluate', f'--checkpoint={config.workdir}', '--json')
+  assert result.returncode == 0, result.stderr
+  report = json.loads(result.stdout)
+  assert report['f1'] == record['f1'] and report['data'] == record['data']  # the run's own data
+  for flag in ('--num_seeds=3', '--lr=0.1', f'--workdir={config.workdir}'):
+    refused = run_cli('lmf_jax.evaluate', f'--checkpoint={config.workdir}', flag)
+    assert refused.returncode == 2 and 'is a training flag' in refused.stderr, flag
+  single = run_cli('lmf_jax.train', '--save_members', f'--data_path={config.data_path}')
+  assert single.returncode == 2 and '--save_members needs' in single.stderr
+
+
 def test_perf_mode_reports_step_time(small_data_dir):
   result = run_cli('lmf_jax.train', f'--data_path={small_data_dir}', '--perf_steps=5',
                    '--text_hidden=16', '--batch_size=32', '--emotion=sad')

@@ -148,6 +148,27 @@ def test_command_writes_json_and_exits_nonzero_only_on_failure(small_data_dir, t
   assert bad.returncode == 2 and bad.stderr.startswith("error: unknown emotion 'joy'")
 
 
+def test_a_failing_check_exits_1_and_still_writes_valid_json(small_data_dir, tmp_path,
+                                                            monkeypatch, capsys):
+  from parity import __main__ as parity_main  # pylint: disable=import-outside-toplevel
+  tight = dict(tolerances.TOLERANCES)
+  tight[('eval_logits', 'float32')] = (-1.0, 'impossible on purpose')
+  monkeypatch.setattr(tolerances, 'TOLERANCES', tight)
+  out = tmp_path / 'parity.json'
+  code = parity_main.main([f'--data_path={small_data_dir}', '--emotion=happy', '--dtypes=float32',
+                           '--seeds=0', '--epochs=1', f'--json={out}'])
+  assert code == 1
+  assert 'FAILED: eval_logits [happy, float32]' in capsys.readouterr().err
+  failed = [r for r in json.loads(out.read_text()) if not r['passed']]
+  assert [r['check'] for r in failed] == ['eval_logits']
+
+
+def test_a_non_finite_difference_is_written_as_null():
+  record = checks.Result('conversion', 'sad', 'float32', float('inf'), 0.0, 'keys differ').as_dict()
+  assert record['max_diff'] is None and record['passed'] is False
+  json.dumps(record, allow_nan=False)
+
+
 @pytest.mark.slow
 def test_dropout_on_training_agrees_statistically(small_data_dir, dataset, tmp_path):
   result = checks.check_dropout_training(dataset, 'happy', str(tmp_path), seeds=2, epochs=2)

@@ -95,3 +95,26 @@ def test_default_path_is_cached(tmp_path, monkeypatch):
   stamp = (tmp_path / path).stat().st_mtime_ns
   assert synthetic.default_path() == path
   assert (tmp_path / path).stat().st_mtime_ns == stamp
+
+
+def test_synth_never_overwrites_a_data_file_and_marks_only_its_own(tmp_path):
+  real = tmp_path / 'iemocap.pkl'
+  real.write_bytes(b'the licensed file')
+  result = subprocess.run([sys.executable, '-m', 'iemocap', 'synth', '--out', str(tmp_path),
+                           '--sizes', '10,4,4'], capture_output=True, text=True, check=False)
+  assert result.returncode == 2 and 'exists' in result.stderr and '--overwrite' in result.stderr
+  assert real.read_bytes() == b'the licensed file'
+  path = synthetic.write(tmp_path, sizes=(10, 4, 4), overwrite=True)
+  assert synthetic.describe(path)['seed'] == 0
+  with open(path, 'ab') as f:  # another file in its place (here: the same one, changed)
+    f.write(b'more')
+  assert synthetic.describe(path) is None
+
+
+def test_convert_reads_the_pickle_even_beside_an_npz(tmp_path):
+  synthetic.write(tmp_path, sizes=(10, 4, 4))
+  for _ in range(2):  # the second run finds iemocap.npz already there
+    result = subprocess.run([sys.executable, '-m', 'iemocap', 'convert', str(tmp_path)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+  assert synthetic.describe(tmp_path / 'iemocap.npz')['seed'] == 0

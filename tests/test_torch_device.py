@@ -188,6 +188,11 @@ def test_bf16_autocast_on_cpu_keeps_batchnorm_and_the_loss_in_float32():
     logits = model(torch.randn(4, 74), torch.randn(4, 35), torch.randn(4, 20, 300))
   assert seen == {'audio_subnet.norm': torch.float32, 'audio_subnet.linear_1': torch.bfloat16,
                   'text_subnet.linear_1': torch.bfloat16}
+  # Low-precision features (as apex O2 hands them on) still meet a float32 BatchNorm.
+  seen.clear()
+  with mixed.autocast():
+    model(torch.randn(4, 74).bfloat16(), torch.randn(4, 35).bfloat16(), torch.randn(4, 20, 300))
+  assert seen['audio_subnet.norm'] == torch.float32
   from lmf_torch_npu import train  # pylint: disable=import-outside-toplevel
   assert train.cross_entropy_sum(logits, torch.tensor([0, 1, 1, 0])).dtype == torch.float32
 
