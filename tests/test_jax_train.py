@@ -116,6 +116,20 @@ def test_workdir_is_never_overwritten(finished_run):
                              resume=True)
 
 
+def test_a_run_cut_before_its_first_saved_epoch_starts_again(small_data_dir, tmp_path):
+  config = small_config(small_data_dir, tmp_path / 'cut')
+  config, status = records.prepare_workdir(config, 'jax', {}, resume=False)
+  assert status == 'new'
+  (tmp_path / 'cut' / records.CHECKPOINT).write_bytes(b'best of epoch 1, progress never saved')
+  assert records.prepare_workdir(config, 'jax', {}, resume=False)[1] == 'new'
+  foreign = tmp_path / 'foreign'
+  foreign.mkdir()
+  (foreign / records.CHECKPOINT).write_bytes(b'somebody else\'s')
+  with pytest.raises(RunError, match='already has checkpoint.safetensors but no config.json'):
+    records.prepare_workdir(dataclasses.replace(config, workdir=str(foreign)), 'jax', {},
+                            resume=False)
+
+
 @pytest.mark.slow
 def test_training_beats_the_majority_baseline(tmp_path):
   from iemocap import synthetic  # pylint: disable=import-outside-toplevel
