@@ -234,6 +234,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   values = definitions.FLAGS
+  cli.reuse_freed_memory()
   enable_compilation_cache()
   if values.num_seeds != 1 or values.sweep or values.emotion.strip().lower() == 'all':
     main_members(values)

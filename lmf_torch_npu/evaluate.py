@@ -45,6 +45,7 @@ def evaluate(checkpoint_path, emotion='', data_path='', split='test', device='au
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  cli.reuse_freed_memory()
   options.refuse_training_flags()
   report = evaluate(*evaluation.evaluation_request(), device=options.FLAGS.device)
   print(json.dumps(report, indent=2) if evaluation.FLAGS.json

@@ -219,6 +219,7 @@ def measure_performance(config, torch_options, steps):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  cli.reuse_freed_memory()
   config = definitions.config_from_flags()
   torch_options = options_lib.options_from_flags()
   if definitions.FLAGS.perf_steps > 0:

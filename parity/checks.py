@@ -21,6 +21,7 @@ import torch
 from absl import flags as absl_flags
 from absl import logging
 
+from flags import cli
 from flags import presets
 from flags import state_dict
 from flags.config import Config
@@ -446,6 +447,7 @@ def check_emotion(emotion, options):
   """
   absl_flags.FLAGS.mark_as_parsed()  # the libraries log through absl; parity has its own parser
   logging.set_verbosity(logging.WARNING)
+  cli.reuse_freed_memory()
   jax_train.enable_compilation_cache()  # the checks rebuild the trainers' programs
   if options['jobs'] > 1:
     torch.set_num_threads(1)  # workers share the cores: one torch thread each, no oversubscription

@@ -8,12 +8,15 @@ import pytest
 os.environ['LMF_CACHE_DIR'] = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..',
                                           '.cache', 'test-cache')
 
+from flags import cli  # pylint: disable=wrong-import-position
 from iemocap import synthetic  # pylint: disable=wrong-import-position
 from lmf_jax import train as jax_train  # pylint: disable=wrong-import-position
 
 # Many tests build programs of the same shapes in fresh jit wrappers; the persistent cache
 # (in the test cache dir above) compiles each once per session, subprocesses included.
 jax_train.enable_compilation_cache()
+# As the command lines do: XLA's per-call buffers come from the heap, not fresh pages.
+cli.reuse_freed_memory()
 
 SMALL_SIZES = (160, 60, 60)
 

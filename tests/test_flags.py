@@ -128,3 +128,29 @@ def test_command_line_prints_one_error_line_and_exits_2(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip() == ("error: unknown emotion 'joy': choose one of happy, sad, "
                                    'angry, neutral')
+
+
+FREED_64MB_RESIDENT = """
+import os, sys
+import numpy as np
+from flags import cli
+if sys.argv[1] == 'reuse' and not cli.reuse_freed_memory():
+  sys.exit('mallopt refused')
+def resident():
+  return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+before = resident()
+block = np.ones(64 * 2**20 // 8)
+del block
+print((resident() - before) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc and /proc/self/statm')
+def test_reuse_freed_memory_keeps_a_freed_large_block_in_the_process():
+  """The default gives a 64 MB block back at once (so the next call faults in fresh pages);
+  after reuse_freed_memory the freed block stays, ready for the next call's buffers."""
+  kept = {mode: float(subprocess.run([sys.executable, '-c', FREED_64MB_RESIDENT, mode],
+                                     check=True, capture_output=True, text=True).stdout)
+          for mode in ('default', 'reuse')}
+  assert kept['default'] < 16
+  assert kept['reuse'] > 48

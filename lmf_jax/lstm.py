@@ -1,0 +1,93 @@
+"""A one-layer LSTM's final hidden state, with its backward pass written by hand.
+
+torch.nn.LSTM's equations (gates i, f, g, o along the 4H axis). Autodiff
+through `lax.scan` makes XLA's CPU backend run each reverse step as about a
+dozen small kernels and accumulate the recurrent weight gradient one step at a
+time. The pass here saves the gate activations and cell states, then runs one
+fused kernel and one matmul per reverse step, and leaves both weight gradients
+to two large matmuls after the loop. On the 2-core development CPU that takes
+the sad preset's LSTM step (forward and backward) from about 60 ms to about 37.
+"""
+
+import jax
+import jax.numpy as jnp
+
+# Gate index along the (batch, 4, H) view of the gates: 0 i, 1 f, 2 g, 3 o.
+_GATE = jnp.arange(4)[None, :, None]
+
+
+def _activate(gates):
+  """(batch, 4H) pre-activations -> (batch, 4, H): sigmoid on i, f, o; tanh on g."""
+  by_gate = gates.reshape(gates.shape[0], 4, -1)
+  return jnp.where(_GATE == 2, jnp.tanh(by_gate), jax.nn.sigmoid(by_gate))
+
+
+def _recurrence(projected, w_hh, keep):
+  """Runs the cell over time-major `projected` (T, batch, 4H) from zero state.
+
+  Returns h_T and, with `keep`, the activations (T, batch, 4, H) and cells (T, batch, H).
+  """
+  hidden = w_hh.shape[1]
+  w_hh_t = w_hh.T
+
+  def step(carry, gates_x):
+    h, c = carry
+    act = _activate(gates_x + h @ w_hh_t)
+    c = act[:, 1] * c + act[:, 0] * act[:, 2]
+    h = act[:, 3] * jnp.tanh(c)
+    return (h, c), ((act, c) if keep else None)
+
+  zeros = jnp.zeros((projected.shape[1], hidden), projected.dtype)
+  (h, _), kept = jax.lax.scan(step, (zeros, zeros), projected)
+  return h, kept
+
+
+def _project(x, w_ih, bias):
+  """Time-major inputs and their gate pre-activations: one (T*batch, in) x (in, 4H) matmul."""
+  x_t = jnp.swapaxes(x, 0, 1)
+  return x_t, x_t @ w_ih.T + bias
+
+
+@jax.custom_vjp
+def last_hidden(x, w_ih, w_hh, bias):
+  """h_T of a one-layer LSTM over x (batch, T, in) from zero state; bias = b_ih + b_hh."""
+  return _recurrence(_project(x, w_ih, bias)[1], w_hh, keep=False)[0]
+
+
+def _last_hidden_fwd(x, w_ih, w_hh, bias):
+  x_t, projected = _project(x, w_ih, bias)
+  h, (act, cells) = _recurrence(projected, w_hh, keep=True)
+  return h, (x_t, w_ih, w_hh, act, cells)
+
+
+def _last_hidden_bwd(saved, dh_last):
+  x_t, w_ih, w_hh, act, cells = saved
+  steps, batch, hidden = cells.shape
+  # What each reverse step needs, computed for all steps at once (one large fused kernel).
+  cells_prev = jnp.concatenate([jnp.zeros_like(cells[:1]), cells[:-1]])
+  tanh_c = jnp.tanh(cells)
+  out_gate = act[:, :, 3]
+  partner = jnp.stack([act[:, :, 2], cells_prev, act[:, :, 0], tanh_c], axis=2)
+  slope = jnp.where(_GATE[None] == 2, 1 - act * act, act * (1 - act))
+  gate_factor = partner * slope  # d(pre-activation) per unit of dc (i, f, g) or of dh (o)
+  dc_per_dh = out_gate * (1 - tanh_c * tanh_c)
+
+  def step(carry, xs):
+    dh, dc = carry
+    factor, dc_dh, forget = xs
+    dc = dc + dh * dc_dh
+    upstream = jnp.where(_GATE == 3, dh[:, None], dc[:, None])
+    d_gates = (upstream * factor).reshape(batch, 4 * hidden)
+    return (d_gates @ w_hh, dc * forget), d_gates
+
+  _, d_gates = jax.lax.scan(step, (dh_last, jnp.zeros_like(dh_last)),
+                            (gate_factor, dc_per_dh, act[:, :, 1]), reverse=True)
+  d_gates = d_gates.reshape(steps * batch, 4 * hidden)
+  h_prev = jnp.concatenate([jnp.zeros_like(cells[:1]), (out_gate * tanh_c)[:-1]])
+  d_w_ih = jax.lax.optimization_barrier(x_t.reshape(steps * batch, -1).T @ d_gates).T
+  d_w_hh = jax.lax.optimization_barrier(h_prev.reshape(steps * batch, hidden).T @ d_gates).T
+  d_x = jnp.swapaxes((d_gates @ w_ih).reshape(steps, batch, -1), 0, 1)  # dead code unless asked for
+  return d_x, d_w_ih, d_w_hh, d_gates.sum(0)
+
+
+last_hidden.defvjp(_last_hidden_fwd, _last_hidden_bwd)
