@@ -11,9 +11,11 @@ the sad preset's LSTM step (forward and backward) from about 60 ms to about 37.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-# Gate index along the (batch, 4, H) view of the gates: 0 i, 1 f, 2 g, 3 o.
-_GATE = jnp.arange(4)[None, :, None]
+# Gate index along the (batch, 4, H) view of the gates: 0 i, 1 f, 2 g, 3 o. A numpy constant,
+# so importing the model does not start a JAX backend.
+_GATE = np.arange(4)[None, :, None]
 
 
 def _activate(gates):
@@ -84,9 +86,11 @@ def _last_hidden_bwd(saved, dh_last):
                             (gate_factor, dc_per_dh, act[:, :, 1]), reverse=True)
   d_gates = d_gates.reshape(steps * batch, 4 * hidden)
   h_prev = jnp.concatenate([jnp.zeros_like(cells[:1]), (out_gate * tanh_c)[:-1]])
+  # The barriers stop XLA rewriting (X^T G)^T as G^T X, which its CPU backend runs slower.
   d_w_ih = jax.lax.optimization_barrier(x_t.reshape(steps * batch, -1).T @ d_gates).T
   d_w_hh = jax.lax.optimization_barrier(h_prev.reshape(steps * batch, hidden).T @ d_gates).T
-  d_x = jnp.swapaxes((d_gates @ w_ih).reshape(steps, batch, -1), 0, 1)  # dead code unless asked for
+  # The inputs' gradient, for completeness: XLA drops it when nothing asks for it.
+  d_x = jnp.swapaxes((d_gates @ w_ih).reshape(steps, batch, -1), 0, 1)
   return d_x, d_w_ih, d_w_hh, d_gates.sum(0)
 
 
