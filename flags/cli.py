@@ -27,11 +27,15 @@ def reuse_freed_memory():
   XLA's CPU runtime allocates a program's temporary buffers on every call. Above
   glibc's mmap threshold (at most 32 MB) each call then maps fresh pages and
   faults them in, which was a quarter of a train step on the development CPU.
-  The cost is resident memory that is never given back; training processes
-  reuse it at once. Returns False where the C library has no mallopt (not glibc).
+  The cost is resident memory that is not given back (at least the peak; more
+  if the heap fragments); training processes reuse it at once. Blocks of 64 MB
+  and more asked for by other threads still come from mmap. Returns False off
+  Linux or where the C library has no mallopt.
   """
+  if not sys.platform.startswith('linux'):
+    return False
   mallopt = getattr(ctypes.CDLL(None), 'mallopt', None)
   if mallopt is None:
     return False
   m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
-  return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+  return all([mallopt(m_mmap_max, 0), mallopt(m_trim_threshold, 2**31 - 1)])

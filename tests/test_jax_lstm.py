@@ -54,12 +54,26 @@ def test_float32_gradients_stay_within_rounding_of_autodiff():
     assert float(jnp.max(jnp.abs(g - w)) / jnp.max(jnp.abs(w))) < 1e-5
 
 
-def test_vmapped_over_models_equals_each_model_alone():
-  """The multi-seed trainer vmaps the model over members that share nothing but shapes."""
+@pytest.mark.parametrize('shared_inputs', [False, True])
+def test_vmapped_over_models_equals_each_model_alone(shared_inputs):
+  """The multi-seed trainer vmaps the model over members with their own batches, or with one
+  batch shared by all (then only the weights carry the member axis)."""
   members = [random_inputs(seed, 4, 5, 3, 2, jnp.float32) for seed in range(3)]
   stacked = [jnp.stack(parts) for parts in zip(*members)]
+  in_axes = (0, 0, 0, 0)
+  if shared_inputs:
+    members = [[members[0][0], *m[1:]] for m in members]
+    stacked[0], in_axes = members[0][0], (None, 0, 0, 0)
   grad = jax.grad(lambda *a: jnp.sum(lstm.last_hidden(*a) ** 2), argnums=(0, 1, 2, 3))
-  batched = jax.jit(jax.vmap(grad))(*stacked)
+  batched = jax.jit(jax.vmap(grad, in_axes=in_axes))(*stacked)
   for k, inputs in enumerate(members):
     for got, want in zip(batched, grad(*inputs)):
       np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_come_back_in_each_inputs_dtype():
+  with jax.enable_x64(True):
+    x, w_ih, w_hh, bias = random_inputs(3, 2, 3, 4, 2, jnp.float64)
+    grads = jax.grad(lambda *a: jnp.sum(lstm.last_hidden(*a)), argnums=(0, 1, 2, 3))(
+        x.astype(jnp.float32), w_ih, w_hh, bias)
+    assert [g.dtype for g in grads] == [jnp.float32, jnp.float64, jnp.float64, jnp.float64]
