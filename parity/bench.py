@@ -4,12 +4,16 @@ lmf_jax, lmf_torch_npu and the 2018 training loop on the same data, preset and m
 The 2018 loop is re-created as it behaved, not as it was written: a torch
 DataLoader with 4 workers and shuffling (worker processes restarted every
 epoch, batches pickled across), a `.item()` host sync after every step, the
-for-loop Adam, and the valid split through a DataLoader as one batch. A
-benchmark, not a test: figures vary with the machine and its load.
+for-loop Adam, and the valid split through a DataLoader as one batch. Each
+figure comes from a fresh process, one at a time: the 2018 loop with the C
+library's defaults as the 2018 code ran, each trainer as its command line runs
+it. A benchmark, not a test: figures vary with the machine and its load.
 """
 
 import argparse
+import concurrent.futures
 import dataclasses
+import multiprocessing
 import os
 import statistics
 import sys
@@ -29,6 +33,7 @@ from iemocap import batching
 from iemocap import data as data_lib
 from iemocap import files
 from iemocap import records
+from iemocap.errors import UserError
 from lmf_jax import train as jax_train
 from lmf_torch_npu import model as torch_model
 from lmf_torch_npu import optimizer as torch_optimizer
@@ -36,6 +41,10 @@ from lmf_torch_npu import options as torch_options
 from lmf_torch_npu import train as torch_train
 
 WORKERS_2018 = 4
+# The 2018 code's workers were forked (Linux's default then). This process is itself spawned,
+# and its workers would be spawned too, each importing torch anew, every epoch.
+WORKER_START = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else None
+CONTENDERS = ('loop_2018', 'lmf_jax', 'lmf_torch_npu')
 
 
 class Split2018(torch.utils.data.Dataset):
@@ -66,7 +75,7 @@ def loop_2018(config, dataset, epochs):
     model.train()
     average = 0.0
     for batch in DataLoader(train_set, batch_size=config.batch_size, num_workers=WORKERS_2018,
-                            shuffle=True):
+                            shuffle=True, multiprocessing_context=WORKER_START):
       model.zero_grad()
       x_a, x_v, x_t = (batch[i].float() for i in range(3))
       y = batch[-1].view(-1, 2).float().long()
@@ -79,7 +88,7 @@ def loop_2018(config, dataset, epochs):
     train_s = time.perf_counter() - tick
     model.eval()
     for batch in DataLoader(valid_set, batch_size=len(valid_set), num_workers=WORKERS_2018,
-                            shuffle=True):
+                            shuffle=True, multiprocessing_context=WORKER_START):
       with torch.no_grad():
         y = batch[-1].view(-1, 2).float().long()
         valid = criterion(model(*(batch[i].float() for i in range(3))), torch.max(y, 1)[1])
@@ -114,17 +123,31 @@ def preset_data(emotion, data_path):
   return config, dataset, note
 
 
-def bench_trainers(config, dataset, epochs):
-  """{trainer: figures} of lmf_jax and lmf_torch_npu, as their protocol runs them."""
+def measure(contender, emotion, data_path, epochs):
+  """(figures, the data's log line) of one contender on one preset; run in a process of its own."""
+  absl_flags.FLAGS.mark_as_parsed()
+  logging.set_verbosity(logging.WARNING)
+  config, dataset, note = preset_data(emotion, data_path)
+  if contender == 'loop_2018':
+    return summarise(loop_2018(config, dataset, epochs), dataset.train.n), note
+  cli.reuse_freed_memory()  # as the trainers' command lines do
+  jax_train.enable_compilation_cache()
   with tempfile.TemporaryDirectory() as workdir:
     config = dataclasses.replace(config, workdir=workdir)
-    figures = {'lmf_jax': summarise(backend_epochs(jax_train.JaxRun(config, dataset), config,
-                                                   dataset, epochs), dataset.train.n)}
-    torch_run = torch_train.TorchRun(config, dataset, *torch_train.resolve(
-        torch_options.TorchOptions(device='cpu', amp='off')))
-    figures['lmf_torch_npu'] = summarise(backend_epochs(torch_run, config, dataset, epochs),
-                                         dataset.train.n)
-  return figures
+    if contender == 'lmf_jax':
+      run = jax_train.JaxRun(config, dataset)
+    else:
+      run = torch_train.TorchRun(config, dataset, *torch_train.resolve(
+          torch_options.TorchOptions(device='cpu', amp='off')))
+    return summarise(backend_epochs(run, config, dataset, epochs), dataset.train.n), note
+
+
+def in_fresh_process(*args):
+  """measure(*args) in a new spawned process, so no contender inherits another's heap,
+  thread pools or forked workers."""
+  context = multiprocessing.get_context('spawn')
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    return pool.submit(measure, *args).result()
 
 
 def speedups(figures):
@@ -155,22 +178,19 @@ def main(argv=None):
   logging.set_verbosity(logging.WARNING)
   emotions = (data_lib.EMOTIONS if args.emotion == 'all'
               else [data_lib.normalize_emotion(args.emotion)])
-  # Every 2018 loop first: its DataLoader forks worker processes, which must happen before JAX
-  # starts its thread pools in this process.
-  loops = {}
+  report = {'machine': f'{os.cpu_count()} CPU cores, torch {torch.__version__}, '
+                        f'jax {jax_train.device_description()}', 'emotions': {}}
   for emotion in emotions:
-    config, dataset, note = preset_data(emotion, args.data_path)
+    figures = {}
+    for name in CONTENDERS:
+      try:
+        figures[name], note = in_fresh_process(name, emotion, args.data_path, args.epochs)
+      except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
     print(note, flush=True)
-    loops[emotion] = summarise(loop_2018(config, dataset, args.epochs), dataset.train.n)
-  # The 2018 loop ran with the C library's defaults; the trainers run as their command lines do.
-  cli.reuse_freed_memory()
-  report = {'machine': f'{os.cpu_count()} CPU cores, torch {torch.__version__}', 'emotions': {}}
-  for emotion in emotions:
-    config, dataset, _ = preset_data(emotion, args.data_path)
-    figures = {'loop_2018': loops[emotion], **bench_trainers(config, dataset, args.epochs)}
     report['emotions'][emotion] = speedups(figures)
     print(format_rows(emotion, report['emotions'][emotion]), flush=True)
-  report['machine'] += f', jax {jax_train.device_description()}'
   if args.json:
     files.write_json(args.json, report)
   return 0

@@ -173,3 +173,18 @@ def test_a_non_finite_difference_is_written_as_null():
 def test_dropout_on_training_agrees_statistically(small_data_dir, dataset, tmp_path):
   result = checks.check_dropout_training(dataset, 'happy', str(tmp_path), seeds=2, epochs=2)
   assert result.passed, str(result)
+
+
+def test_bench_measures_the_2018_loop_and_both_trainers(small_data_dir, tmp_path):
+  out = tmp_path / 'bench.json'
+  from parity import bench  # pylint: disable=import-outside-toplevel
+  assert bench.main(['--emotion=angry', f'--data_path={small_data_dir}', '--epochs=2',
+                     f'--json={out}']) == 0
+  figures = json.loads(out.read_text())['emotions']['angry']
+  assert sorted(figures) == ['lmf_jax', 'lmf_torch_npu', 'loop_2018']
+  for row in figures.values():
+    assert row['train_samples_per_s'] > 0 and 0 < row['epoch_s'] < row['first_epoch_s'] + 60
+    assert row['epochs_timed'] == 1
+  assert figures['loop_2018']['speedup_vs_2018_epoch'] == 1.0
+  ratio = figures['loop_2018']['epoch_s'] / figures['lmf_jax']['epoch_s']
+  assert figures['lmf_jax']['speedup_vs_2018_epoch'] == pytest.approx(ratio)
