@@ -12,13 +12,12 @@ import sys
 import pytest
 import torch
 
-from flags import state_dict
 from iemocap import records
 from iemocap.errors import RunError
 from lmf_torch_npu import evaluate
 from lmf_torch_npu import train
 from lmf_torch_npu.options import TorchOptions
-from run_helpers import DETERMINISTIC_KEYS, read_bytes, small_config
+from run_helpers import DETERMINISTIC_KEYS, check_run_outputs, read_bytes, small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, 'lmf_torch_npu', 'scripts')
@@ -44,23 +43,10 @@ def finished_run(small_data_dir, tmp_path_factory):
 
 def test_outputs_are_complete_and_name_the_backend_and_device(finished_run):
   config, record = finished_run
-  workdir = config.workdir
-  for name in (records.RESULTS_JSON, records.RESULTS_CSV, records.METRICS_JSONL,
-               records.LOSS_CURVE, records.CONFIG_JSON, records.CHECKPOINT):
-    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
-  saved = records.read_json(os.path.join(workdir, records.RESULTS_JSON))
-  assert all(key in saved for key in records.RESULT_KEYS)
-  assert saved['backend'] == 'torch' and saved['device'] == 'cpu, float32'
-  history = records.read_metrics(workdir)
-  assert [row['epoch'] for row in history] == list(range(1, record['epochs_run'] + 1))
-  assert min(row['valid_loss'] for row in history) == record['best_valid_loss']
-  config_json = records.read_json(os.path.join(workdir, records.CONFIG_JSON))
-  assert config_json['backend'] == 'torch'
+  saved, _, config_json, _ = check_run_outputs(config.workdir, config, record, 'torch')
+  assert saved['device'] == 'cpu, float32'
   assert config_json['backend_options'] == {'device': 'cpu', 'amp': 'off', 'amp_backend': 'none',
                                             'amp_dtype': 'float32', 'loss_scale': 'none'}
-  arrays, metadata = state_dict.load(os.path.join(workdir, records.CHECKPOINT))
-  state_dict.check(arrays, config)
-  assert metadata['backend'] == 'torch' and metadata['epoch'] == record['best_epoch']
 
 
 def test_evaluate_reproduces_the_trainers_test_f1(finished_run):
