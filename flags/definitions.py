@@ -50,6 +50,8 @@ def config_from_flags(values=FLAGS, emotion=None):
     emotion = normalize_emotion(emotion or values.emotion)
   except DataError as e:
     raise ConfigError(str(e)) from None
+  if values.perf_steps < 0:
+    raise ConfigError(f'--perf_steps={values.perf_steps} must be >= 0 (0 trains; N times N steps)')
   hparams = presets.preset(emotion)
   if values.para_path:
     hparams.update(presets.read_param_csv(values.para_path)[emotion])

@@ -75,6 +75,7 @@ def test_seed_spellings_and_aliases():
     (['--lr=0'], 'lr=0.0 must be > 0'),
     (['--rank=0'], 'rank=0 must be >= 1'),
     (['--epochs=0'], 'epochs=0 must be >= 1'),
+    (['--perf_steps=-1'], 'perf_steps=-1 must be >= 0'),
 ])
 def test_bad_values_fail_with_one_line(argv, message):
   with pytest.raises(ConfigError, match=message) as error:

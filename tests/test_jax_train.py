@@ -156,6 +156,7 @@ def test_command_line_trains_and_evaluates(small_data_dir, tmp_path):
     (['--emotion=joy'], "error: unknown emotion 'joy'"),
     (['--data_path=/nonexistent/iemocap.pkl'], 'error: data file /nonexistent/iemocap.pkl does not exist'),
     (['--text_dropout=1.5'], r'error: text_dropout=1.5 must be in \[0, 1\)'),
+    (['--perf_steps=-5'], r'error: --perf_steps=-5 must be >= 0'),
     (['--lr=1e30', '--factor_lr=1e30', '--epochs=3'], 'error: train loss became nan at epoch 1'),
 ])
 def test_command_line_errors_are_one_line(small_data_dir, tmp_path, args, message):
