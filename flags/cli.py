@@ -1,14 +1,48 @@
-"""What every command line shares: process set-up, and how it ends on a user error."""
+"""What every command line shares: process set-up, and how it ends on a user error.
+
+A command line ends in one line on stderr and a non-zero exit for every problem
+the user can fix: a UserError (exit 2), an OS error while reading or writing
+(exit 2: a full disk, a path below a file, a size limit), or an interrupt
+(exit 128 + the signal's number). Files already written are complete: every
+write is atomic, so `--resume` continues once the cause is fixed.
+"""
 
 import ctypes
+import errno
 import functools
+import signal
 import sys
 
-from iemocap.errors import UserError
+from absl import logging
+
+from iemocap.errors import StopRequested, UserError
+
+# What to do about an OS error, by errno; the rest get the system's own words only.
+_OS_ERROR_FIXES = {
+    errno.ENOSPC: 'the disk is full: free space',
+    errno.EDQUOT: 'the disk quota is exceeded: free space',
+    errno.EFBIG: 'the file is larger than this process may write (ulimit -f): raise the limit',
+    errno.EROFS: 'the file system is read-only: choose a writable directory',
+    errno.EACCES: 'permission denied: choose a directory you may write',
+    errno.EPERM: 'permission denied: choose a directory you may write',
+    errno.ENOTDIR: 'a part of the path is a file, not a directory: choose another path',
+    errno.EEXIST: 'a file is in the way: choose another path',
+    errno.EISDIR: 'the path is a directory: name a file',
+}
+
+
+def describe_os_error(e):
+  """One line for an OSError: what failed, on which file, and what to do."""
+  what = e.strerror or type(e).__name__
+  where = f' ({e.filename})' if e.filename else ''
+  fix = _OS_ERROR_FIXES.get(e.errno)
+  return (f'{what}{where}' + (f'; {fix}' if fix else '') +
+          '. Files written so far are complete: once fixed, rerun the same command (with '
+          '--resume if a training run had finished an epoch)')
 
 
 def user_errors_exit(main):
-  """Wraps an absl main so a UserError prints `error: <message>` and exits 2, no traceback."""
+  """Wraps an absl main so a user-fixable problem prints `error: <one line>` and exits non-zero."""
 
   @functools.wraps(main)
   def wrapped(argv):
@@ -16,9 +50,65 @@ def user_errors_exit(main):
       return main(argv)
     except UserError as e:
       print(f'error: {e}', file=sys.stderr)
+      sys.exit(getattr(e, 'exit_code', 2))
+    except OSError as e:
+      print(f'error: {describe_os_error(e)}', file=sys.stderr)
       sys.exit(2)
+    except MemoryError:
+      print('error: out of memory: use a smaller --batch_size or model, or a machine with more '
+            'memory', file=sys.stderr)
+      sys.exit(2)
+    except KeyboardInterrupt as e:
+      signum = e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT
+      print(f'error: stopped by {signal.Signals(signum).name}; every file written so far is '
+            'complete: rerun the same command to start again, or with --resume to continue a run '
+            'that had saved an epoch', file=sys.stderr)
+      sys.exit(128 + signum)
 
   return wrapped
+
+
+def refuse_arguments(argv):
+  """absl leaves non-flag words in argv; one line instead of the usage text."""
+  if len(argv) > 1:
+    raise UserError(f'unexpected argument {argv[1]!r}: flags are written --name=value '
+                    '(see --help)')
+
+
+class StopOnSignal:
+  """SIGINT and SIGTERM (a scheduler's stop) end a run at its next safe point.
+
+  The first signal asks the run to stop after the epoch it is in, once that
+  epoch is saved (`check`, the protocol's on_epoch_end, then raises
+  StopRequested); a second one stops at once with KeyboardInterrupt. Only
+  command lines install it: libraries never change signal handlers.
+  """
+
+  def __init__(self):
+    self.received = None
+
+  def install(self):
+    for signum in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(signum, self._handle)
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    if self.received is not None:
+      raise KeyboardInterrupt(signum)
+    self.received = signum
+    logging.warning('%s: stopping once this epoch is saved (send it again to stop now)',
+                    signal.Signals(signum).name)
+
+  def check(self, epoch):  # pylint: disable=unused-argument
+    if self.received is not None:
+      raise StopRequested(signal.Signals(self.received).name, 128 + self.received)
+
+
+class StopNow(StopOnSignal):
+  """SIGINT and SIGTERM stop at once (runs that cannot resume, evaluation)."""
+
+  def _handle(self, signum, frame):
+    raise KeyboardInterrupt(signum)
 
 
 def reuse_freed_memory():

@@ -3,6 +3,8 @@
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 
 from flags.errors import ConfigError
 from flags.presets import HPARAMS, INT_HPARAMS
@@ -33,20 +35,33 @@ class Config:
   seed: int = 0
 
   def __post_init__(self):
+    if not isinstance(self.emotion, (str, bytes)):
+      raise ConfigError(f'emotion must be a name, got {self.emotion!r}')
     try:
       object.__setattr__(self, 'emotion', normalize_emotion(self.emotion))
     except DataError as e:
       raise ConfigError(str(e)) from None
+    for name in ('data_path', 'workdir'):
+      if not isinstance(getattr(self, name), str):
+        raise ConfigError(f'{name} must be a path (a string), got {getattr(self, name)!r}')
     for name in INT_HPARAMS + ('epochs', 'patience', 'output_dim', 'seed'):
       value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value == int(value):
-          object.__setattr__(self, name, int(value))
-        else:
+      if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f'{name} must be a whole number, got {value!r}')
+      if not isinstance(value, numbers.Integral):
+        if not (math.isfinite(value) and value == int(value)):
           raise ConfigError(f'{name} must be a whole number, got {value!r}')
+        object.__setattr__(self, name, int(value))
+      else:
+        object.__setattr__(self, name, int(value))
     for name in ('audio_dropout', 'video_dropout', 'text_dropout', 'factor_lr', 'lr',
                  'weight_decay'):
-      object.__setattr__(self, name, float(getattr(self, name)))
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f'{name} must be a number, got {value!r}')
+      if not math.isfinite(value):
+        raise ConfigError(f'{name}={value!r} must be a finite number')
+      object.__setattr__(self, name, float(value))
     rules = [
         ('audio_hidden', self.audio_hidden >= 1, 'must be >= 1'),
         ('video_hidden', self.video_hidden >= 1, 'must be >= 1'),
@@ -79,6 +94,9 @@ class Config:
 
   @classmethod
   def from_dict(cls, values):
+    if not isinstance(values, dict):
+      raise ConfigError(f'saved configuration is a {type(values).__name__}, not a record of '
+                        'settings: it was not written by this project')
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -4,6 +4,8 @@ Precedence for each hyperparameter: the emotion's preset, then `--para_path`
 (the Ascend param_data.csv), then a flag given on the command line.
 """
 
+import os
+
 from absl import flags
 
 from flags import presets
@@ -58,6 +60,8 @@ def config_from_flags(values=FLAGS, emotion=None):
   for name in presets.HPARAMS:
     if values[name].value is not None:
       hparams[name] = values[name].value
-  return Config(emotion=emotion, data_path=values.data_path, workdir=values.workdir,
+  # Absolute, so the saved config (and the checkpoint's) still finds the data from elsewhere.
+  data_path = os.path.abspath(os.path.expanduser(values.data_path)) if values.data_path else ''
+  return Config(emotion=emotion, data_path=data_path, workdir=values.workdir,
                 epochs=values.epochs, patience=values.patience, output_dim=values.output_dim,
                 seed=values.seed, **hparams)

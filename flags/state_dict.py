@@ -12,6 +12,7 @@ import safetensors
 import safetensors.numpy
 
 from flags.config import Config
+from flags.errors import ConfigError
 from iemocap import data as data_lib
 from iemocap import files
 from iemocap.records import TRAIN_STATE
@@ -112,7 +113,14 @@ def load(path):
   except (safetensors.SafetensorError, OSError, ValueError) as e:
     raise CheckpointError(f'{path} is not a readable safetensors checkpoint ({e})') from None
   if METADATA_KEY in metadata:
-    metadata = json.loads(metadata[METADATA_KEY])
+    try:
+      metadata = json.loads(metadata[METADATA_KEY])
+    except ValueError as e:
+      raise CheckpointError(f'{path}: its metadata is not valid JSON ({e}): the file is damaged '
+                            'or was not written by this project') from None
+    if not isinstance(metadata, dict):
+      raise CheckpointError(f'{path}: its metadata is not a record: the file was not written by '
+                            'this project')
   return arrays, metadata
 
 
@@ -121,7 +129,15 @@ def load_checkpoint(path):
   arrays, metadata = load(path)
   if 'config' not in metadata:
     raise CheckpointError(f'{path} has no saved configuration: it was not written by this project')
-  return arrays, Config.from_dict(metadata['config']), metadata
+  try:
+    config = Config.from_dict(metadata['config'])
+  except ConfigError as e:
+    raise CheckpointError(f'{path} holds an invalid configuration: {e}') from None
+  for key, value in arrays.items():
+    if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+      raise CheckpointError(f'{path}: {key} holds NaN or inf weights: the model is unusable '
+                            '(a diverged run); train again with a lower --lr/--factor_lr')
+  return arrays, config, metadata
 
 
 def write_train_state(workdir, arrays, progress):
@@ -138,7 +154,16 @@ def read_train_state(workdir):
     raise CheckpointError(f'--resume: {path} does not exist; the run in {workdir} never finished '
                           'an epoch: start it again without --resume')
   arrays, metadata = load(path)
-  return arrays, json.loads(metadata['progress']), path
+  try:
+    progress = json.loads(metadata['progress'])
+  except (KeyError, ValueError):
+    raise CheckpointError(f'{path} has no readable progress record: it is damaged or was not '
+                          'written by this project; start the run again in another --workdir') from None
+  if not (isinstance(progress, dict) and isinstance(progress.get('epoch'), int)
+          and isinstance(progress.get('early_stopping'), dict)):
+    raise CheckpointError(f'{path} has no readable progress record: start the run again in '
+                          'another --workdir')
+  return arrays, progress, path
 
 
 def stored(arrays, name, shape, path):

@@ -3,6 +3,7 @@
 
 class UserError(Exception):
   """A problem the user can fix; command lines print `error: <message>` and exit 2."""
+  exit_code = 2
 
 
 class DataError(UserError, ValueError):
@@ -15,3 +16,19 @@ class RunError(UserError, RuntimeError):
 
 class CheckpointError(UserError, ValueError):
   """A checkpoint file is missing, unreadable, or does not fit the model."""
+
+
+class StopRequested(Exception):
+  """Raised by a run's on_epoch_end hook to stop after a saved epoch (e.g. on SIGTERM)."""
+
+  def __init__(self, reason, exit_code):
+    super().__init__(reason)
+    self.reason, self.exit_code = reason, exit_code
+
+
+class Interrupted(UserError):
+  """A run stopped on request at a safe point; `--resume` continues it."""
+
+  def __init__(self, message, exit_code):
+    super().__init__(message)
+    self.exit_code = exit_code

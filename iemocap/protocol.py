@@ -20,7 +20,7 @@ from absl import logging
 from iemocap import batching
 from iemocap import metrics
 from iemocap import records
-from iemocap.errors import RunError
+from iemocap.errors import DataError, Interrupted, RunError, StopRequested
 
 
 class Backend(Protocol):
@@ -81,6 +81,7 @@ def train_and_evaluate(config, backend, dataset, is_synthetic, status, on_epoch_
   bar = _progress_bar(start_epoch, config.epochs)
   first_in_process = True
   epoch = start_epoch - 1
+  diverged = None
   while not stopper.should_stop and epoch < config.epochs:
     epoch += 1
     tick = time.perf_counter()
@@ -89,8 +90,14 @@ def train_and_evaluate(config, backend, dataset, is_synthetic, status, on_epoch_
     train_s = time.perf_counter() - tick
     valid_sum, _ = backend.evaluate('valid', best=False)
     epoch_s = time.perf_counter() - tick
-    train_loss = records.check_finite('train loss', train_sum / n_train, epoch)
-    valid_loss = records.check_finite('valid loss', valid_sum / n_valid, epoch)
+    train_loss, valid_loss = train_sum / n_train, valid_sum / n_valid
+    diverged = records.divergence(train_loss, valid_loss, epoch, config)
+    if diverged:
+      if not stopper.best_epoch:
+        raise RunError(f'{diverged}, before any epoch gave a model to keep: nothing to test')
+      logging.warning('%s; testing the best model so far (epoch %d)', diverged,
+                      stopper.best_epoch)
+      break
     improved = stopper.update(epoch, valid_loss)
     if improved:
       backend.keep_best(workdir, epoch)
@@ -109,7 +116,14 @@ def train_and_evaluate(config, backend, dataset, is_synthetic, status, on_epoch_
     else:
       logging.info('epoch %d: %s (%.2fs)', epoch, message, epoch_s)
     if on_epoch_end is not None:
-      on_epoch_end(epoch)
+      try:
+        on_epoch_end(epoch)
+      except StopRequested as stop:
+        if bar is not None:
+          bar.close()
+        raise Interrupted(f'stopped by {stop.reason} after epoch {epoch}, which is saved in '
+                          f'{workdir}: rerun the same command with --resume to continue',
+                          stop.exit_code) from None
   if bar is not None:
     bar.close()
   if not history:
@@ -125,7 +139,8 @@ def train_and_evaluate(config, backend, dataset, is_synthetic, status, on_epoch_
       'test_loss': records.check_finite('test loss', test_sum / dataset.test.n, epoch),
       'best_valid_loss': stopper.best_valid_loss, 'best_epoch': stopper.best_epoch,
       'epochs_run': len(history),
-      'stopped_by': 'early_stopping' if stopper.should_stop else 'max_epochs',
+      'stopped_by': ('diverged' if diverged else
+                     'early_stopping' if stopper.should_stop else 'max_epochs'),
       'majority_f1': majority_f1, 'majority_accuracy': majority_accuracy, 'seed': config.seed,
       'train_samples_per_s': round(_samples_per_s(history, n_train), 1),
       'epoch_s': round(statistics.median(r['epoch_s'] for r in history), 4),
@@ -134,6 +149,8 @@ def train_and_evaluate(config, backend, dataset, is_synthetic, status, on_epoch_
       'n_train': n_train, 'n_valid': n_valid, 'n_test': dataset.test.n,
       'workdir': os.path.abspath(workdir),
   }
+  if diverged:
+    record['diverged'] = diverged
   records.plot_loss_curve(os.path.join(workdir, records.LOSS_CURVE), {'run': history},
                           {'run': stopper.best_epoch},
                           f'{backend.name} LMF, {config.emotion}: loss per epoch')
@@ -146,11 +163,20 @@ def finished_record(config):
   return records.read_json(os.path.join(config.workdir, records.RESULTS_JSON))
 
 
-def evaluation_config(checkpoint_config, emotion, data_path):
-  """The checkpoint's config, pointed at the data and emotion to evaluate on (by default the
-  ones it was trained on)."""
-  return dataclasses.replace(checkpoint_config, emotion=emotion or checkpoint_config.emotion,
-                             data_path=data_path or checkpoint_config.data_path)
+def evaluation_data(checkpoint_config, emotion, data_path):
+  """(config, dataset, is_synthetic) to evaluate a checkpoint on: by default the data and emotion
+  it was trained on; a data path that came from the checkpoint says so when it fails."""
+  config = dataclasses.replace(checkpoint_config, emotion=emotion or checkpoint_config.emotion,
+                               data_path=data_path or checkpoint_config.data_path)
+  try:
+    dataset, is_synthetic, data_note = records.open_dataset(config)
+  except DataError as e:
+    if data_path or not config.data_path:
+      raise
+    raise DataError(f'{e} (that data path is the one stored in the checkpoint; pass --data_path '
+                    'to evaluate on data elsewhere)') from None
+  logging.info(data_note)
+  return config, dataset, is_synthetic
 
 
 def evaluation_report(checkpoint_path, dataset, is_synthetic, split, loss_sum, logits, metadata):

@@ -4,18 +4,21 @@ Every file is written atomically (iemocap/files.py), so an interrupted run
 never leaves a half-written result behind.
 """
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
 import math
 import os
+import socket
 
 from iemocap import data as data_lib
 from iemocap import synthetic
-from iemocap.errors import RunError
-from iemocap.files import atomic_write, read_json, write_json, write_text
+from iemocap.errors import DataError, RunError
+from iemocap.files import atomic_write, read_json, temporary_prefix, write_json, write_text
 
 RESULTS_JSON = 'results.json'
 RESULTS_CSV = 'results.csv'
@@ -24,6 +27,12 @@ LOSS_CURVE = 'loss_curve.png'
 CONFIG_JSON = 'config.json'
 CHECKPOINT = 'checkpoint.safetensors'
 TRAIN_STATE = 'train_state.safetensors'
+MEMBERS_DIR = 'members'
+LOCK = '.lock'
+# Every name a run writes in its workdir: a fresh workdir holding one of them holds someone
+# else's file, which a run would replace.
+OUTPUTS = (RESULTS_JSON, RESULTS_CSV, METRICS_JSONL, LOSS_CURVE, CONFIG_JSON, CHECKPOINT,
+           TRAIN_STATE, MEMBERS_DIR)
 
 # The header the 2018 grid search wrote, in its order and spelling.
 CSV_2018_COLUMNS = (
@@ -50,7 +59,12 @@ def open_dataset(config):
       return dataset, False, f'data: {dataset.path} ({config.emotion})'
     return dataset, True, (f'data: {dataset.path} ({config.emotion}), a synthetic set (seed '
                            f'{synthetic_record["seed"]}): its F1 is not the paper\'s F1')
-  path = synthetic.default_path()
+  try:
+    path = synthetic.default_path()
+  except OSError as e:
+    raise DataError(f'cannot write the synthetic data set into its cache directory '
+                    f'{synthetic.cache_dir()} ({e.strerror}: {e.filename}): set LMF_CACHE_DIR to a '
+                    'writable directory, or pass --data_path') from None
   dataset = data_lib.load(path, config.emotion)
   return dataset, True, (f'data: no --data_path given, so the synthetic IEMOCAP stand-in at {path} '
                          f'({config.emotion}); its F1 is not the paper\'s F1')
@@ -66,19 +80,44 @@ def default_workdir(config, backend, options):
   return os.path.join('runs', f'{backend}-{config.emotion}-{fingerprint}')
 
 
+def resolve_workdir(config, backend, options):
+  """The config with its workdir filled in (the default one when --workdir is empty)."""
+  return dataclasses.replace(config, workdir=config.workdir or default_workdir(config, backend,
+                                                                                options))
+
+
+def _saved_run(workdir):
+  """config.json of the run in `workdir`, checked to be one this project wrote."""
+  path = os.path.join(workdir, CONFIG_JSON)
+  try:
+    saved = read_json(path)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise RunError(f'{path} is not valid JSON ({e}): it is damaged or was not written by this '
+                   'project; choose another --workdir') from None
+  if not (isinstance(saved, dict) and isinstance(saved.get('config'), dict)
+          and isinstance(saved.get('backend'), str)):
+    raise RunError(f'{path} is not a run configuration written by this project: choose another '
+                   '--workdir')
+  return saved
+
+
 def prepare_workdir(config, backend, options, resume):
   """(config with its workdir resolved, status): status is 'new', 'resume' or 'complete'.
 
   A workdir belongs to one configuration: another one is refused, never
   overwritten. A finished run (results.json, written last) is reported again
   rather than retrained; an interrupted one continues only with --resume; one
-  interrupted before its first epoch was saved starts again.
+  interrupted before its first epoch was saved starts again. A workdir without
+  config.json that holds any file a run writes holds someone else's files:
+  refused, since the run would replace them.
   """
-  workdir = config.workdir or default_workdir(config, backend, options)
-  config = dataclasses.replace(config, workdir=workdir)
+  config = resolve_workdir(config, backend, options)
+  workdir = config.workdir
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise RunError(f'workdir {workdir} is a file: choose a directory for --workdir')
   saved_path = os.path.join(workdir, CONFIG_JSON)
   if os.path.exists(saved_path):
-    saved = read_json(saved_path)
+    saved = _saved_run(workdir)
     mine = config.to_dict()
     differences = [k for k in mine if k != 'workdir' and saved['config'].get(k) != mine[k]]
     if saved.get('backend') != backend:
@@ -98,13 +137,72 @@ def prepare_workdir(config, backend, options, resume):
   else:
     if resume:
       raise RunError(f'--resume: workdir {workdir} holds no run to continue')
-    for name in (RESULTS_JSON, CHECKPOINT, TRAIN_STATE):
-      if os.path.exists(os.path.join(workdir, name)):
-        raise RunError(f'workdir {workdir} already has {name} but no {CONFIG_JSON}: '
-                       'choose another --workdir')
+    present = [name for name in OUTPUTS if os.path.lexists(os.path.join(workdir, name))]
+    if present:
+      raise RunError(f'workdir {workdir} already holds {", ".join(present)} but no '
+                     f'{CONFIG_JSON}: they are not this project\'s and a run would replace them; '
+                     'choose another --workdir')
   write_json(saved_path, {'config': config.to_dict(), 'backend': backend,
                           'backend_options': options})
   return config, 'new'
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir):
+  """Holds an exclusive lock on `workdir` for a run: a second process is refused.
+
+  flock belongs to the open file: the kernel releases it when the process ends,
+  however it ends, so a killed run never blocks the next one. The lock file
+  names its holder for the refusal message.
+  """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise RunError(f'workdir {workdir} is a file: choose a directory for --workdir')
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK)
+  with open(path, 'a+', encoding='utf-8') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or 'another process'
+      raise RunError(f'workdir {workdir} is in use by {holder}: wait for it to finish, stop it, '
+                     'or choose another --workdir') from None
+    f.seek(0)
+    f.truncate()
+    f.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+    f.flush()
+    try:
+      yield
+    finally:
+      f.seek(0)
+      f.truncate()  # the lock file stays (removing it would race a waiting process)
+
+
+@contextlib.contextmanager
+def claim_workdir(config, backend, options, resume):
+  """prepare_workdir under the workdir's lock, held until the run ends: yields (config, status).
+
+  Temporary files of writes cut short by an earlier kill are removed here: no
+  other process can be writing them while the lock is held.
+  """
+  config = resolve_workdir(config, backend, options)
+  with workdir_lock(config.workdir):
+    config, status = prepare_workdir(config, backend, options, resume)
+    remove_temporary_files(config.workdir)
+    yield config, status
+
+
+def remove_temporary_files(workdir):
+  """Deletes the temporary files iemocap.files.atomic_write leaves behind when killed mid-write."""
+  prefixes = tuple(temporary_prefix(name) for name in OUTPUTS)
+  for entry in os.listdir(workdir):
+    if entry.startswith(prefixes) and os.path.isfile(os.path.join(workdir, entry)):
+      os.unlink(os.path.join(workdir, entry))
+  members = os.path.join(workdir, MEMBERS_DIR)
+  if os.path.isdir(members):
+    for entry in os.listdir(members):
+      if entry.startswith('.') and '.safetensors.' in entry:
+        os.unlink(os.path.join(members, entry))
 
 
 def check_finite(name, value, epoch):
@@ -113,6 +211,17 @@ def check_finite(name, value, epoch):
     raise RunError(f'{name} became {value} at epoch {epoch}: training diverged; lower --lr/'
                    '--factor_lr or check the data for extreme values')
   return value
+
+
+def divergence(train_loss, valid_loss, epoch, config):
+  """None while both losses are finite, else one line saying what diverged and what to lower."""
+  bad = [f'{name} loss became {value}' for name, value in (('train', train_loss),
+                                                           ('valid', valid_loss))
+         if not math.isfinite(value)]
+  if not bad:
+    return None
+  return (f'training diverged at epoch {epoch} ({", ".join(bad)}): lower --lr (now {config.lr:g})'
+          f' or --factor_lr (now {config.factor_lr:g}), or check the data for extreme values')
 
 
 @dataclasses.dataclass
@@ -149,8 +258,17 @@ def read_metrics(workdir):
   path = os.path.join(workdir, METRICS_JSONL)
   if not os.path.exists(path):
     return []
+  rows = []
   with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except ValueError as e:
+        raise RunError(f'{path} line {number} is not valid JSON ({e}): the file is damaged; '
+                       'start the run again in another --workdir') from None
+  return rows
 
 
 def csv_row(config, record):
@@ -228,6 +346,8 @@ def summary_table(record):
            + (' (synthetic data: not the paper\'s F1)' if record['synthetic'] else '')]
   for row in rows:
     lines.append('  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+  if record.get('diverged'):
+    lines.append(f'warning: {record["diverged"]}; the figures are the best model\'s before that')
   return '\n'.join(lines)
 
 

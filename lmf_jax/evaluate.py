@@ -9,12 +9,10 @@ import jax
 import numpy as np
 from absl import app
 from absl import flags
-from absl import logging
 
 from flags import cli
 from flags import evaluation
 from iemocap import protocol
-from iemocap import records
 from lmf_jax import checkpoint
 from lmf_jax import model as model_lib
 from lmf_jax import options
@@ -28,9 +26,7 @@ flags.adopt_module_key_flags(evaluation)
 def evaluate(checkpoint_path, emotion='', data_path='', split='test'):
   """evaluate's report (F1, accuracy, mean loss, N) for a checkpoint on a split."""
   variables, saved_config, metadata = checkpoint.load(checkpoint_path)
-  config = protocol.evaluation_config(saved_config, emotion, data_path)
-  dataset, is_synthetic, data_note = records.open_dataset(config)
-  logging.info(data_note)
+  config, dataset, is_synthetic = protocol.evaluation_data(saved_config, emotion, data_path)
   model = model_lib.from_config(config)
   loss, logits = jax.jit(functools.partial(train.eval_step, model=model))(
       variables, dataset.split(split).arrays())
@@ -40,8 +36,7 @@ def evaluate(checkpoint_path, emotion='', data_path='', split='test'):
 
 @cli.user_errors_exit
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  cli.refuse_arguments(argv)
   cli.reuse_freed_memory()
   options.refuse_training_flags()
   report = evaluate(*evaluation.evaluation_request())

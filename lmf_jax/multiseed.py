@@ -39,7 +39,6 @@ SWEEPABLE = ('lr', 'factor_lr', 'weight_decay', 'audio_dropout', 'video_dropout'
 # Values that change shapes: one compiled program per distinct combination.
 SHAPE_CHANGING = ('audio_hidden', 'video_hidden', 'text_hidden', 'rank', 'batch_size')
 DROPOUTS = ('audio_dropout', 'video_dropout', 'text_dropout')
-MEMBERS_DIR = 'members'
 
 
 def parse_sweeps(specs):
@@ -241,10 +240,15 @@ def train_members(config, num_seeds=1, sweeps=(), save_members=False):
   logging.info(data_note)
   member_configs(config, num_seeds, sweeps)  # refuse bad values before the workdir is claimed
   options = {'num_seeds': num_seeds, 'sweep': [[n, v] for n, v in sweeps]}
-  config, status = records.prepare_workdir(config, train.BACKEND, options, resume=False)
-  if status == 'complete':
-    logging.info('%s already holds the finished run: reporting it', config.workdir)
-    return records.read_json(os.path.join(config.workdir, records.RESULTS_JSON))
+  with records.claim_workdir(config, train.BACKEND, options, resume=False) as (config, status):
+    if status == 'complete':
+      logging.info('%s already holds the finished run: reporting it', config.workdir)
+      return records.read_json(os.path.join(config.workdir, records.RESULTS_JSON))
+    return _train_claimed(config, num_seeds, sweeps, save_members, dataset, is_synthetic)
+
+
+def _train_claimed(config, num_seeds, sweeps, save_members, dataset, is_synthetic):
+  """train_members' work, in a workdir this process holds."""
   members = member_configs(config, num_seeds, sweeps)
   started = time.perf_counter()
   stoppers = [records.EarlyStopping(m.patience) for m in members]
@@ -355,7 +359,7 @@ def _write_outputs(config, members, member_records, record, history, variables, 
   if save_members:
     for index, member in enumerate(member_records):
       if member['best_epoch']:
-        checkpoint.save(os.path.join(workdir, MEMBERS_DIR, f'member{index}-seed{member["seed"]}'
+        checkpoint.save(os.path.join(workdir, records.MEMBERS_DIR, f'member{index}-seed{member["seed"]}'
                                      '.safetensors'), variables[index], members[index],
                         {'epoch': member['best_epoch'], 'member': index})
   records.write_json(os.path.join(workdir, records.RESULTS_JSON), record)  # last: marks it done

@@ -183,14 +183,14 @@ def train_and_evaluate(config, resume=False, on_epoch_end=None):
   """Trains (or resumes, or reports a finished run) in config.workdir; returns results.json's record."""
   dataset, is_synthetic, data_note = records.open_dataset(config)
   logging.info(data_note)
-  config, status = records.prepare_workdir(config, BACKEND, {}, resume)
-  if status == 'complete':
-    logging.info('%s already holds the finished run: reporting it', config.workdir)
-    return protocol.finished_record(config)
-  logging.info('workdir %s, device %s, config %s', config.workdir, device_description(),
-               config.to_dict())
-  run = JaxRun(config, dataset)
-  return protocol.train_and_evaluate(config, run, dataset, is_synthetic, status, on_epoch_end)
+  with records.claim_workdir(config, BACKEND, {}, resume) as (config, status):
+    if status == 'complete':
+      logging.info('%s already holds the finished run: reporting it', config.workdir)
+      return protocol.finished_record(config)
+    logging.info('workdir %s, device %s, config %s', config.workdir, device_description(),
+                 config.to_dict())
+    run = JaxRun(config, dataset)
+    return protocol.train_and_evaluate(config, run, dataset, is_synthetic, status, on_epoch_end)
 
 
 def measure_performance(config, steps):
@@ -231,12 +231,12 @@ def main_members(values):
 
 @cli.user_errors_exit
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  cli.refuse_arguments(argv)
   values = definitions.FLAGS
   cli.reuse_freed_memory()
   enable_compilation_cache()
   if values.num_seeds != 1 or values.sweep or values.emotion.strip().lower() == 'all':
+    cli.StopNow().install()  # a population cannot resume yet: nothing to save first
     main_members(values)
     return
   if values.save_members:
@@ -246,7 +246,8 @@ def main(argv):
   if values.perf_steps > 0:
     print(records.format_perf(measure_performance(config, values.perf_steps)))
     return
-  record = train_and_evaluate(config, resume=values.resume)
+  stop = cli.StopOnSignal().install()
+  record = train_and_evaluate(config, resume=values.resume, on_epoch_end=stop.check)
   print(records.summary_table(record))
   print(f'outputs: {record["workdir"]}')
 

@@ -12,7 +12,6 @@ from absl import logging
 from flags import cli
 from flags import evaluation
 from iemocap import protocol
-from iemocap import records
 from lmf_torch_npu import checkpoint
 from lmf_torch_npu import device as device_lib
 from lmf_torch_npu import options
@@ -27,9 +26,7 @@ flags.adopt_module_key_flags(options)
 def evaluate(checkpoint_path, emotion='', data_path='', split='test', device='auto'):
   """evaluate's report (F1, accuracy, mean loss, N) for a checkpoint on a split."""
   model, saved_config, metadata = checkpoint.load(checkpoint_path)
-  config = protocol.evaluation_config(saved_config, emotion, data_path)
-  dataset, is_synthetic, data_note = records.open_dataset(config)
-  logging.info(data_note)
+  config, dataset, is_synthetic = protocol.evaluation_data(saved_config, emotion, data_path)
   choice = device_lib.select_device(device)
   logging.info('device %s (%s)', choice.name, choice.why)
   device_lib.activate(choice)
@@ -43,8 +40,7 @@ def evaluate(checkpoint_path, emotion='', data_path='', split='test', device='au
 
 @cli.user_errors_exit
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  cli.refuse_arguments(argv)
   cli.reuse_freed_memory()
   options.refuse_training_flags()
   report = evaluate(*evaluation.evaluation_request(), device=options.FLAGS.device)

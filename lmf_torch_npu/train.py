@@ -195,14 +195,14 @@ def train_and_evaluate(config, torch_options=options_lib.TorchOptions(), resume=
   dataset, is_synthetic, data_note = records.open_dataset(config)
   logging.info(data_note)
   choice, precision = resolve(torch_options)
-  config, status = records.prepare_workdir(config, BACKEND, backend_options(choice, precision),
-                                           resume)
-  if status == 'complete':
-    logging.info('%s already holds the finished run: reporting it', config.workdir)
-    return protocol.finished_record(config)
-  logging.info('workdir %s, config %s', config.workdir, config.to_dict())
-  run = TorchRun(config, dataset, choice, precision)
-  return protocol.train_and_evaluate(config, run, dataset, is_synthetic, status, on_epoch_end)
+  with records.claim_workdir(config, BACKEND, backend_options(choice, precision),
+                             resume) as (config, status):
+    if status == 'complete':
+      logging.info('%s already holds the finished run: reporting it', config.workdir)
+      return protocol.finished_record(config)
+    logging.info('workdir %s, config %s', config.workdir, config.to_dict())
+    run = TorchRun(config, dataset, choice, precision)
+    return protocol.train_and_evaluate(config, run, dataset, is_synthetic, status, on_epoch_end)
 
 
 def measure_performance(config, torch_options, steps):
@@ -217,8 +217,7 @@ def measure_performance(config, torch_options, steps):
 
 @cli.user_errors_exit
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  cli.refuse_arguments(argv)
   cli.reuse_freed_memory()
   config = definitions.config_from_flags()
   torch_options = options_lib.options_from_flags()
@@ -226,7 +225,9 @@ def main(argv):
     print(records.format_perf(measure_performance(config, torch_options,
                                                   definitions.FLAGS.perf_steps)))
     return
-  record = train_and_evaluate(config, torch_options, resume=definitions.FLAGS.resume)
+  stop = cli.StopOnSignal().install()
+  record = train_and_evaluate(config, torch_options, resume=definitions.FLAGS.resume,
+                              on_epoch_end=stop.check)
   print(records.summary_table(record))
   print(f'outputs: {record["workdir"]}')
 

@@ -112,7 +112,7 @@ def test_a_run_cut_before_its_first_saved_epoch_starts_again(small_data_dir, tmp
   foreign = tmp_path / 'foreign'
   foreign.mkdir()
   (foreign / records.CHECKPOINT).write_bytes(b'somebody else\'s')
-  with pytest.raises(RunError, match='already has checkpoint.safetensors but no config.json'):
+  with pytest.raises(RunError, match='already holds checkpoint.safetensors but no config.json'):
     records.prepare_workdir(dataclasses.replace(config, workdir=str(foreign)), 'jax', {},
                             resume=False)
 
@@ -157,7 +157,7 @@ def test_command_line_trains_and_evaluates(small_data_dir, tmp_path):
     (['--data_path=/nonexistent/iemocap.pkl'], 'error: data file /nonexistent/iemocap.pkl does not exist'),
     (['--text_dropout=1.5'], r'error: text_dropout=1.5 must be in \[0, 1\)'),
     (['--perf_steps=-5'], r'error: --perf_steps=-5 must be >= 0'),
-    (['--lr=1e30', '--factor_lr=1e30', '--epochs=3'], 'error: train loss became nan at epoch 1'),
+    (['--lr=1e30', '--factor_lr=1e30', '--epochs=3'], r'error: training diverged at epoch 1 \(train loss became nan'),
 ])
 def test_command_line_errors_are_one_line(small_data_dir, tmp_path, args, message):
   base = [f'--data_path={small_data_dir}', f'--workdir={tmp_path / "bad"}', '--text_hidden=16',

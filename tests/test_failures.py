@@ -1,0 +1,419 @@
+"""Every failure a user can meet ends in one line, a non-zero exit, and nothing of theirs lost.
+
+Each test drives the public command lines (`python -m lmf_jax.train`, `lmf_torch_npu.train`,
+both `evaluate`s) the way a user or a scheduler would: bad paths, full disks, signals, two
+processes on one workdir, damaged files, bad flags.
+"""
+
+import contextlib
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from iemocap import records
+from iemocap.files import temporary_prefix
+
+SMALL_FLAGS = ('--text_hidden=16', '--batch_size=32', '--audio_hidden=8', '--video_hidden=4',
+               '--rank=4')
+TRAINERS = ('lmf_jax.train', 'lmf_torch_npu.train')
+
+
+def command(module, *args):
+  return [sys.executable, '-m', module, *args]
+
+
+def run_cli(module, *args, env=None, cwd=None, **kwargs):
+  return subprocess.run(command(module, *args), capture_output=True, text=True, check=False,
+                        env={**os.environ, **(env or {})}, cwd=cwd, **kwargs)
+
+
+def train_args(data_dir, workdir, *extra):
+  return (f'--data_path={data_dir}', f'--workdir={workdir}', '--emotion=sad', '--seed=1',
+          *SMALL_FLAGS, *extra)
+
+
+def assert_one_line(result, pattern, code=2):
+  """The process exited with `code` and its last stderr line is the error, with no traceback."""
+  assert result.returncode == code, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and re.search(pattern, last), last
+  return last
+
+
+def leftover_temporary_files(workdir):
+  return [name for name in os.listdir(workdir)
+          if any(name.startswith(temporary_prefix(output)) for output in records.OUTPUTS)]
+
+
+# --- Paths that cannot be written -----------------------------------------------------------
+
+@pytest.mark.parametrize('module', TRAINERS)
+def test_a_workdir_that_is_a_file_is_refused(small_data_dir, tmp_path, module):
+  target = tmp_path / 'a_file'
+  target.write_text('mine')
+  result = run_cli(module, *train_args(small_data_dir, target, '--epochs=1'))
+  assert_one_line(result, 'is a file: choose a directory for --workdir')
+  assert target.read_text() == 'mine'
+
+
+def test_a_workdir_below_a_file_is_one_line(small_data_dir, tmp_path):
+  (tmp_path / 'a_file').write_text('mine')
+  result = run_cli('lmf_jax.train', *train_args(small_data_dir, tmp_path / 'a_file' / 'run',
+                                                 '--epochs=1'))
+  assert_one_line(result, r'Not a directory .*a part of the path is a file')
+
+
+def test_a_file_size_limit_stops_the_run_in_one_line_and_resume_finishes_it(small_data_dir,
+                                                                            tmp_path):
+  workdir = tmp_path / 'run'
+  limit = 16 * 1024  # config.json and metrics fit; the first checkpoint does not
+
+  def limit_file_size():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+  args = train_args(small_data_dir, workdir, '--epochs=3', '--patience=3')
+  cut = subprocess.run(command('lmf_jax.train', *args), capture_output=True, text=True,
+                       check=False, preexec_fn=limit_file_size)
+  assert_one_line(cut, r'File too large \(.*checkpoint.safetensors\).*ulimit -f.*rerun the same command')
+  assert records.read_json(workdir / records.CONFIG_JSON)['backend'] == 'jax'
+  assert not leftover_temporary_files(workdir)
+  again = run_cli('lmf_jax.train', *args)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert records.read_json(workdir / records.RESULTS_JSON)['epochs_run'] == 3
+
+
+@contextlib.contextmanager
+def small_file_system(path, size):
+  """A tmpfs of `size` mounted at `path` (root only), unmounted afterwards."""
+  path.mkdir()
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)],
+                           capture_output=True, check=False)
+  if mounted.returncode != 0:
+    pytest.skip('cannot mount a tmpfs here (needs root): the full-disk check runs in CI')
+  try:
+    yield path
+  finally:
+    subprocess.run(['umount', '-l', str(path)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_leaves_complete_files(small_data_dir, tmp_path):
+  with small_file_system(tmp_path / 'disk', '48k') as disk:
+    result = run_cli('lmf_jax.train', *train_args(small_data_dir, disk / 'run', '--epochs=2'))
+    assert_one_line(result, r'No space left on device .*the disk is full: free space')
+    assert records.read_json(disk / 'run' / records.CONFIG_JSON)['backend'] == 'jax'
+    assert not leftover_temporary_files(disk / 'run')
+
+
+def test_an_unwritable_cache_directory_names_lmf_cache_dir(tmp_path):
+  (tmp_path / 'a_file').write_text('mine')
+  result = run_cli('lmf_jax.train', f'--workdir={tmp_path / "run"}', '--epochs=1',
+                   env={'LMF_CACHE_DIR': str(tmp_path / 'a_file' / 'cache')})
+  assert_one_line(result, r'cannot write the synthetic data set .* set LMF_CACHE_DIR')
+  assert (tmp_path / 'a_file').read_text() == 'mine'
+
+
+# --- Signals --------------------------------------------------------------------------------
+
+def wait_for(predicate, timeout=120):
+  deadline = time.monotonic() + timeout
+  while not predicate():
+    assert time.monotonic() < deadline, 'timed out'
+    time.sleep(0.05)
+
+
+@pytest.mark.parametrize('module, signum', [('lmf_jax.train', signal.SIGINT),
+                                            ('lmf_torch_npu.train', signal.SIGTERM)])
+def test_a_signal_stops_after_a_saved_epoch_and_resume_continues(small_data_dir, tmp_path,
+                                                                 module, signum):
+  workdir = tmp_path / 'run'
+  args = train_args(small_data_dir, workdir, '--epochs=150', '--patience=150')
+
+  def start_and_signal(*extra, times=1, after_epochs=0):
+    process = subprocess.Popen(command(module, *args, *extra), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (workdir / records.TRAIN_STATE).exists()
+             and len(records.read_metrics(workdir)) > after_epochs)
+    for _ in range(times):
+      process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, '', stderr)
+
+  last = assert_one_line(start_and_signal(), rf'stopped by {signum.name} after epoch \d+, which '
+                         r'is saved in .*rerun the same command with --resume', code=128 + signum)
+  stopped_at = int(re.search(r'after epoch (\d+)', last).group(1))
+  assert [row['epoch'] for row in records.read_metrics(workdir)] == list(
+      range(1, stopped_at + 1))
+  assert_one_line(run_cli(module, *args), 'holds an interrupted run: pass --resume')
+  # Twice: stop at once, mid-epoch; what was saved stays whole.
+  assert_one_line(start_and_signal('--resume', times=2, after_epochs=stopped_at),
+                  rf'stopped by {signum.name}', code=128 + signum)
+  finished = run_cli(module, *args, '--resume')
+  assert finished.returncode == 0, finished.stderr[-2000:]
+  assert [row['epoch'] for row in records.read_metrics(workdir)] == list(range(1, 151))
+  assert records.read_json(workdir / records.RESULTS_JSON)['epochs_run'] == 150
+
+
+# --- Two processes, one workdir -------------------------------------------------------------
+
+def test_a_second_process_is_refused_and_a_killed_holder_does_not_block(small_data_dir,
+                                                                        tmp_path):
+  workdir = tmp_path / 'run'
+  args = train_args(small_data_dir, workdir, '--epochs=400', '--patience=400')
+  first = subprocess.Popen(command('lmf_jax.train', *args), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+  try:
+    wait_for(lambda: (workdir / records.TRAIN_STATE).exists())
+    second = run_cli('lmf_jax.train', *args, '--resume')
+    assert_one_line(second, rf'is in use by pid {first.pid} on \S+: wait for it')
+    other_backend = run_cli('lmf_torch_npu.train', *train_args(small_data_dir, workdir,
+                                                                '--epochs=1'))
+    assert_one_line(other_backend, 'is in use by pid')
+  finally:
+    first.kill()  # kill -9: no clean-up runs
+    first.wait()
+  with records.workdir_lock(str(workdir)):  # the dead holder's lock went with it
+    pass
+
+
+def test_the_lock_is_held_for_the_whole_run(small_data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  with records.workdir_lock(str(workdir)):
+    result = run_cli('lmf_jax.train', *train_args(small_data_dir, workdir, '--epochs=1'))
+    assert_one_line(result, rf'is in use by pid {os.getpid()} on ')
+  assert not (workdir / records.CONFIG_JSON).exists()
+  done = run_cli('lmf_jax.train', *train_args(small_data_dir, workdir, '--epochs=1'))
+  assert done.returncode == 0, done.stderr[-2000:]
+
+
+# --- Files that are not ours, or damaged ----------------------------------------------------
+
+@pytest.mark.parametrize('name', [records.RESULTS_CSV, records.METRICS_JSONL, records.LOSS_CURVE])
+def test_a_users_own_files_in_a_fresh_workdir_are_never_replaced(small_data_dir, tmp_path, name):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / name).write_text('the user\'s own')
+  result = run_cli('lmf_jax.train', *train_args(small_data_dir, workdir, '--epochs=1'))
+  assert_one_line(result, rf'already holds {re.escape(name)} but no config.json')
+  assert (workdir / name).read_text() == 'the user\'s own'
+  assert not (workdir / records.CONFIG_JSON).exists()
+
+
+@pytest.mark.parametrize('content, pattern', [
+    ('{"config": ', 'config.json is not valid JSON'),
+    ('[1, 2]', 'config.json is not a run configuration written by this project'),
+])
+def test_a_damaged_or_foreign_config_json_is_one_line(small_data_dir, tmp_path, content,
+                                                      pattern):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / records.CONFIG_JSON).write_text(content)
+  result = run_cli('lmf_jax.train', *train_args(small_data_dir, workdir, '--epochs=1'))
+  assert_one_line(result, pattern)
+  assert (workdir / records.CONFIG_JSON).read_text() == content
+
+
+@pytest.fixture(scope='module')
+def interrupted_run(small_data_dir, tmp_path_factory):
+  """A workdir whose run stopped after epoch 2 of 3 (a SIGINT-free stand-in: --epochs=2, then
+  the finished marker removed and config.json asking for 3 epochs)."""
+  workdir = tmp_path_factory.mktemp('interrupted') / 'run'
+  result = run_cli('lmf_jax.train', *train_args(small_data_dir, workdir, '--epochs=2',
+                                                 '--patience=5'))
+  assert result.returncode == 0, result.stderr[-2000:]
+  (workdir / records.RESULTS_JSON).unlink()
+  saved = records.read_json(workdir / records.CONFIG_JSON)
+  saved['config']['epochs'] = 3
+  records.write_json(workdir / records.CONFIG_JSON, saved)
+  return workdir
+
+
+def copy_run(source, target):
+  target.mkdir(parents=True)
+  for name in os.listdir(source):
+    if os.path.isfile(source / name):
+      (target / name).write_bytes((source / name).read_bytes())
+  return target
+
+
+def resume_args(small_data_dir, workdir):
+  return train_args(small_data_dir, workdir, '--epochs=3', '--patience=5', '--resume')
+
+
+def test_resume_cleans_temporary_files_left_by_a_kill(small_data_dir, interrupted_run, tmp_path):
+  workdir = copy_run(interrupted_run, tmp_path / 'run')
+  stale = workdir / (temporary_prefix(records.TRAIN_STATE) + 'x1y2z3')
+  stale.write_bytes(b'\0' * 4096)
+  (workdir / 'notes.txt').write_text('the user\'s own')
+  result = run_cli('lmf_jax.train', *resume_args(small_data_dir, workdir))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert not stale.exists() and not leftover_temporary_files(workdir)
+  assert (workdir / 'notes.txt').read_text() == 'the user\'s own'
+  assert records.read_json(workdir / records.RESULTS_JSON)['epochs_run'] == 3
+
+
+def test_a_damaged_metrics_line_is_one_line(small_data_dir, interrupted_run, tmp_path):
+  workdir = copy_run(interrupted_run, tmp_path / 'run')
+  with open(workdir / records.METRICS_JSONL, 'a', encoding='utf-8') as f:
+    f.write('{"epoch": 3, "train_lo\n')
+  result = run_cli('lmf_jax.train', *resume_args(small_data_dir, workdir))
+  assert_one_line(result, r'metrics.jsonl line 3 is not valid JSON')
+
+
+def test_a_train_state_without_its_progress_is_one_line(small_data_dir, interrupted_run,
+                                                        tmp_path):
+  workdir = copy_run(interrupted_run, tmp_path / 'run')
+  path = workdir / records.TRAIN_STATE
+  arrays = safetensors.numpy.load_file(str(path))
+  path.write_bytes(safetensors.numpy.save(arrays))  # the same tensors, no metadata
+  result = run_cli('lmf_jax.train', *resume_args(small_data_dir, workdir))
+  assert_one_line(result, 'has no readable progress record')
+
+
+# --- Checkpoints with bad metadata or weights -----------------------------------------------
+
+@pytest.fixture(scope='module')
+def finished_checkpoint(interrupted_run):
+  return interrupted_run / records.CHECKPOINT
+
+
+def rewrite_checkpoint(source, target, metadata=None, change=None):
+  with open(source, 'rb') as f:
+    blob = f.read()
+  arrays = safetensors.numpy.load(blob)
+  header_length = int.from_bytes(blob[:8], 'little')
+  stored = json.loads(blob[8:8 + header_length])['__metadata__']
+  if change:
+    change(arrays)
+  target.write_bytes(safetensors.numpy.save(arrays, metadata=metadata or stored))
+  return stored
+
+
+def with_config(stored, **values):
+  record = json.loads(stored['lmf'])
+  record['config'].update(values)
+  return {'lmf': json.dumps(record)}
+
+
+@pytest.mark.parametrize('module, cases', [
+    ('lmf_jax.evaluate', None), ('lmf_torch_npu.evaluate', ('not_json', 'nan_weights'))])
+def test_checkpoints_with_bad_metadata_or_weights_are_one_line(finished_checkpoint, tmp_path,
+                                                               module, cases):
+  stored = rewrite_checkpoint(finished_checkpoint, tmp_path / 'same.safetensors')
+  cases_by_name = {
+      'not_json': ({'lmf': '{"config": '}, None, 'its metadata is not valid JSON'),
+      'lr_text': (with_config(stored, lr='fast'), None,
+                  r'invalid configuration: lr must be a number'),
+      'rank_float': (with_config(stored, rank=2.5), None,
+                     r'invalid configuration: rank must be a whole number'),
+      'lr_inf': (with_config(stored, lr=float('inf')), None,
+                 'invalid configuration: lr=inf must be a finite number'),
+      'config_list': ({'lmf': json.dumps({'config': []})}, None,
+                      'invalid configuration: saved configuration is a list'),
+      'nan_weights': (None, lambda a: a['fusion_weights'].__setitem__((0, 0), np.nan),
+                      'fusion_weights holds NaN or inf weights'),
+  }
+  for name in cases or cases_by_name:
+    metadata, change, pattern = cases_by_name[name]
+    rewrite_checkpoint(finished_checkpoint, tmp_path / f'{name}.safetensors', metadata, change)
+    result = run_cli(module, f'--checkpoint={tmp_path / name}.safetensors')
+    assert_one_line(result, pattern)
+  assert run_cli(module, f'--checkpoint={tmp_path / "same.safetensors"}').returncode == 0
+
+
+def test_evaluate_says_when_the_data_path_came_from_the_checkpoint(small_data_dir,
+                                                                   finished_checkpoint, tmp_path):
+  stored = rewrite_checkpoint(finished_checkpoint, tmp_path / 'ok.safetensors')
+  rewrite_checkpoint(finished_checkpoint, tmp_path / 'moved.safetensors',
+                     with_config(stored, data_path=str(tmp_path / 'moved_away')))
+  result = run_cli('lmf_jax.evaluate', f'--checkpoint={tmp_path / "moved.safetensors"}')
+  assert_one_line(result, 'the one stored in the checkpoint; pass --data_path')
+  elsewhere = run_cli('lmf_jax.evaluate', f'--checkpoint={tmp_path / "moved.safetensors"}',
+                      f'--data_path={small_data_dir}')
+  assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
+
+
+def test_a_relative_data_path_is_stored_absolute(small_data_dir, tmp_path):
+  data = tmp_path / 'data'
+  copy_run(type(tmp_path)(small_data_dir), data)
+  result = run_cli('lmf_jax.train', '--data_path=data', '--workdir=run', '--emotion=sad',
+                   '--epochs=1', *SMALL_FLAGS, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  saved = records.read_json(tmp_path / 'run' / records.CONFIG_JSON)
+  assert saved['config']['data_path'] == str(data)
+  elsewhere = run_cli('lmf_jax.evaluate', f'--checkpoint={tmp_path / "run"}', cwd='/')
+  assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
+
+
+# --- Flags ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('module, flag, pattern', [
+    ('lmf_jax.train', '--lr=inf', 'lr=inf must be a finite number'),
+    ('lmf_torch_npu.train', '--lr=inf', 'lr=inf must be a finite number'),
+    ('lmf_jax.train', '--factor_lr=nan', 'factor_lr=nan must be a finite number'),
+    ('lmf_jax.train', '--weight_decay=-inf', 'weight_decay=-inf must be a finite number'),
+    ('lmf_jax.train', 'stray', "unexpected argument 'stray': flags are written --name=value"),
+    ('lmf_torch_npu.train', 'stray', "unexpected argument 'stray'"),
+    ('lmf_torch_npu.evaluate', 'stray', "unexpected argument 'stray'"),
+])
+def test_bad_flags_are_one_line_before_anything_is_written(small_data_dir, tmp_path, module, flag,
+                                                           pattern):
+  result = run_cli(module, *train_args(small_data_dir, tmp_path / 'run', '--epochs=1'), flag)
+  if module.endswith('evaluate'):
+    result = run_cli(module, f'--checkpoint={tmp_path}', flag)
+  assert_one_line(result, pattern)
+  assert len(result.stderr.strip().splitlines()) <= 3, result.stderr  # no usage text
+  assert not (tmp_path / 'run').exists()
+
+
+# --- Divergence -----------------------------------------------------------------------------
+
+def test_a_run_that_diverges_later_ends_with_its_best_model_tested(small_data_dir, tmp_path):
+  from lmf_jax import train  # pylint: disable=import-outside-toplevel
+  from iemocap import protocol  # pylint: disable=import-outside-toplevel
+  from run_helpers import small_config  # pylint: disable=import-outside-toplevel
+
+  class DivergesAtEpoch4(train.JaxRun):
+    """The real run, whose loss turns NaN at epoch 4 as a too-high learning rate's would."""
+
+    def train_epoch(self, batches):
+      loss = super().train_epoch(batches)
+      self.epochs_trained = getattr(self, 'epochs_trained', 0) + 1
+      return float('nan') if self.epochs_trained == 4 else loss
+
+  config = small_config(small_data_dir, tmp_path / 'run', epochs=8, patience=8)
+  with records.claim_workdir(config, 'jax', {}, resume=False) as (config, status):
+    dataset, is_synthetic, _ = records.open_dataset(config)
+    record = protocol.train_and_evaluate(config, DivergesAtEpoch4(config, dataset), dataset,
+                                         is_synthetic, status)
+  assert record['stopped_by'] == 'diverged' and record['epochs_run'] == 3
+  assert record['diverged'].startswith('training diverged at epoch 4 (train loss became nan)')
+  assert f'lower --lr (now {config.lr:g})' in record['diverged']
+  assert record['best_epoch'] <= 3 and 0 < record['f1'] <= 1
+  assert records.read_json(tmp_path / 'run' / records.RESULTS_JSON) == record
+  assert 'warning: training diverged at epoch 4' in records.summary_table(record)
+  # Finished, not interrupted: training it again reports it instead of asking for --resume.
+  assert train.train_and_evaluate(config) == record
+
+
+def test_a_population_stops_at_once_on_a_signal(small_data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  process = subprocess.Popen(command('lmf_jax.train', *train_args(
+      small_data_dir, workdir, '--epochs=400', '--patience=400', '--num_seeds=2')),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  wait_for(lambda: (workdir / records.CONFIG_JSON).exists())
+  time.sleep(1)
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=120)
+  result = subprocess.CompletedProcess(process.args, process.returncode, '', stderr)
+  assert_one_line(result, 'stopped by SIGINT; every file written so far is complete: rerun',
+                  code=130)
