@@ -13,6 +13,7 @@ import functools
 import signal
 import sys
 
+from absl import flags
 from absl import logging
 
 from iemocap.errors import StopRequested, UserError
@@ -66,6 +67,16 @@ def user_errors_exit(main):
       sys.exit(128 + signum)
 
   return wrapped
+
+
+def parse_flags(argv):
+  """app.run's flags_parser: a bad or unknown flag is one `error:` line and exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = ' '.join(str(e).split())
+    print(f'error: {message}: see --help for the flags', file=sys.stderr)
+    sys.exit(2)
 
 
 def refuse_arguments(argv):

@@ -93,10 +93,11 @@ def test_a_file_size_limit_stops_the_run_in_one_line_and_resume_finishes_it(smal
 
 
 @contextlib.contextmanager
-def small_file_system(path, size):
+def small_file_system(path, size, options=''):
   """A tmpfs of `size` mounted at `path` (root only), unmounted afterwards."""
   path.mkdir()
-  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)],
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}{options}', 'tmpfs',
+                            str(path)],
                            capture_output=True, check=False)
   if mounted.returncode != 0:
     pytest.skip('cannot mount a tmpfs here (needs root): the full-disk check runs in CI')
@@ -112,6 +113,13 @@ def test_a_full_disk_is_one_line_and_leaves_complete_files(small_data_dir, tmp_p
     assert_one_line(result, r'No space left on device .*the disk is full: free space')
     assert records.read_json(disk / 'run' / records.CONFIG_JSON)['backend'] == 'jax'
     assert not leftover_temporary_files(disk / 'run')
+
+
+def test_a_read_only_file_system_is_one_line(small_data_dir, tmp_path):
+  # chmod cannot stop root (CI runs as root); a read-only mount can.
+  with small_file_system(tmp_path / 'disk', '48k', ',ro') as disk:
+    result = run_cli('lmf_jax.train', *train_args(small_data_dir, disk / 'run', '--epochs=1'))
+    assert_one_line(result, r'Read-only file system .*choose a writable directory')
 
 
 def test_an_unwritable_cache_directory_names_lmf_cache_dir(tmp_path):
@@ -364,6 +372,9 @@ def test_a_relative_data_path_is_stored_absolute(small_data_dir, tmp_path):
     ('lmf_jax.train', 'stray', "unexpected argument 'stray': flags are written --name=value"),
     ('lmf_torch_npu.train', 'stray', "unexpected argument 'stray'"),
     ('lmf_torch_npu.evaluate', 'stray', "unexpected argument 'stray'"),
+    ('lmf_jax.train', '--no_such_flag=1', "Unknown command line flag 'no_such_flag': see --help"),
+    ('lmf_torch_npu.train', '--epochs=many', "flag --epochs=many: .* see --help"),
+    ('lmf_jax.evaluate', '--split=dev', "flag --split=dev: .* see --help"),
 ])
 def test_bad_flags_are_one_line_before_anything_is_written(small_data_dir, tmp_path, module, flag,
                                                            pattern):
