@@ -55,7 +55,12 @@ def user_errors_exit(main):
     except OSError as e:
       print(f'error: {describe_os_error(e)}', file=sys.stderr)
       sys.exit(2)
-    except MemoryError:
+    except (MemoryError, RuntimeError) as e:
+      # torch reports a failed allocation as a RuntimeError (OutOfMemoryError on GPUs).
+      text = str(e).lower()
+      if not isinstance(e, MemoryError) and not ('out of memory' in text
+                                                 or "can't allocate memory" in text):
+        raise
       print('error: out of memory: use a smaller --batch_size or model, or a machine with more '
             'memory', file=sys.stderr)
       sys.exit(2)

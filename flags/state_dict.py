@@ -68,6 +68,20 @@ def parameter_count(config, input_dims=DEFAULT_INPUT_DIMS):
                  if not is_buffer(k)))
 
 
+def check_fits_in_memory(config, input_dims=DEFAULT_INPUT_DIMS, models=1):
+  """Refuses models whose float32 weights, gradients and two Adam moments alone exceed this
+  machine's memory: XLA aborts the process on a failed allocation, leaving nothing to catch."""
+  need = 16 * parameter_count(config, input_dims) * models
+  try:
+    have = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (ValueError, OSError, AttributeError):
+    return  # the platform does not say
+  if need > have:
+    raise ConfigError(f'{models} model(s) of {parameter_count(config, input_dims):,} parameters '
+                      f'need at least {need / 2**30:.1f} GiB to train, more than this machine\'s '
+                      f'{have / 2**30:.1f} GiB: lower the hidden sizes or --rank')
+
+
 def check(arrays, config, input_dims=DEFAULT_INPUT_DIMS, what='state_dict'):
   """Fails naming the first missing, unexpected or mis-shaped key."""
   expected = shapes(config, input_dims)

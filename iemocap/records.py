@@ -61,10 +61,10 @@ def open_dataset(config):
                            f'{synthetic_record["seed"]}): its F1 is not the paper\'s F1')
   try:
     path = synthetic.default_path()
-  except OSError as e:
+  except (OSError, DataError) as e:
     raise DataError(f'cannot write the synthetic data set into its cache directory '
-                    f'{synthetic.cache_dir()} ({e.strerror}: {e.filename}): set LMF_CACHE_DIR to a '
-                    'writable directory, or pass --data_path') from None
+                    f'{synthetic.cache_dir()} ({e}): set LMF_CACHE_DIR to a writable directory, '
+                    'or pass --data_path') from None
   dataset = data_lib.load(path, config.emotion)
   return dataset, True, (f'data: no --data_path given, so the synthetic IEMOCAP stand-in at {path} '
                          f'({config.emotion}); its F1 is not the paper\'s F1')
@@ -153,10 +153,12 @@ def workdir_lock(workdir):
 
   flock belongs to the open file: the kernel releases it when the process ends,
   however it ends, so a killed run never blocks the next one. The lock file
-  names its holder for the refusal message.
+  names its holder for the refusal message. A workdir this call created is
+  removed again if nothing but the lock is left in it.
   """
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise RunError(f'workdir {workdir} is a file: choose a directory for --workdir')
+  created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK)
   with open(path, 'a+', encoding='utf-8') as f:
@@ -175,7 +177,10 @@ def workdir_lock(workdir):
       yield
     finally:
       f.seek(0)
-      f.truncate()  # the lock file stays (removing it would race a waiting process)
+      f.truncate()
+      if created and os.listdir(workdir) == [LOCK]:
+        os.unlink(path)
+        os.rmdir(workdir)
 
 
 @contextlib.contextmanager
@@ -183,13 +188,24 @@ def claim_workdir(config, backend, options, resume):
   """prepare_workdir under the workdir's lock, held until the run ends: yields (config, status).
 
   Temporary files of writes cut short by an earlier kill are removed here: no
-  other process can be writing them while the lock is held.
+  other process can be writing them while the lock is held. A new run that
+  fails before its first epoch is saved takes its config.json back, so the
+  corrected command can use the same workdir.
   """
   config = resolve_workdir(config, backend, options)
   with workdir_lock(config.workdir):
+    saved_path = os.path.join(config.workdir, CONFIG_JSON)
+    had_config = os.path.exists(saved_path)
     config, status = prepare_workdir(config, backend, options, resume)
     remove_temporary_files(config.workdir)
-    yield config, status
+    try:
+      yield config, status
+    except BaseException:
+      if (status == 'new' and not had_config
+          and not any(os.path.lexists(os.path.join(config.workdir, name))
+                      for name in OUTPUTS if name != CONFIG_JSON)):
+        os.unlink(saved_path)
+      raise
 
 
 def remove_temporary_files(workdir):

@@ -24,12 +24,14 @@ import numpy as np
 from absl import logging
 
 from flags import presets
+from flags import state_dict
 from flags.errors import ConfigError
 from iemocap import batching
 from iemocap import metrics
 from iemocap import records
 from iemocap.errors import RunError
 from lmf_jax import checkpoint
+from lmf_jax import device as jax_device
 from lmf_jax import model as model_lib
 from lmf_jax import optimizer
 from lmf_jax import train
@@ -104,8 +106,9 @@ class Ensemble:
   """Models of one shape trained side by side: a leading model axis on every state leaf."""
 
   def __init__(self, configs, dataset):
-    self.configs = configs
     base = configs[0]
+    state_dict.check_fits_in_memory(base, dataset.input_dims, models=len(configs))
+    self.configs = configs
     self.model = model_lib.from_config(base)
     self.batch_size = base.batch_size
     keys = jax.vmap(jax.random.split)(jnp.stack([jax.random.PRNGKey(c.seed) for c in configs]))
@@ -238,6 +241,7 @@ def train_members(config, num_seeds=1, sweeps=(), save_members=False):
   """Trains every member for one emotion in config.workdir; returns results.json's record."""
   dataset, is_synthetic, data_note = records.open_dataset(config)
   logging.info(data_note)
+  jax_device.log_devices()
   member_configs(config, num_seeds, sweeps)  # refuse bad values before the workdir is claimed
   options = {'num_seeds': num_seeds, 'sweep': [[n, v] for n, v in sweeps]}
   with records.claim_workdir(config, train.BACKEND, options, resume=False) as (config, status):
@@ -403,6 +407,7 @@ def measure_performance(config, num_seeds, steps):
   """Model-samples/s of one vmapped step over `num_seeds` models (compilation excluded)."""
   dataset, _, data_note = records.open_dataset(config)
   logging.info(data_note)
+  jax_device.log_devices()
   ensemble = Ensemble(member_configs(config, num_seeds, ()), dataset)
   step_s, batch_size = ensemble.time_steps(steps)
   report = records.perf_report(batch_size * num_seeds, step_s, steps)

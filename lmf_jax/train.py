@@ -23,6 +23,7 @@ from absl import logging
 
 from flags import cli
 from flags import definitions
+from flags import state_dict
 from flags.errors import ConfigError
 from iemocap import batching
 from iemocap.data import EMOTIONS
@@ -30,6 +31,7 @@ from iemocap import protocol
 from iemocap import records
 from iemocap import synthetic
 from lmf_jax import checkpoint
+from lmf_jax import device as jax_device
 from lmf_jax import model as model_lib
 from lmf_jax import optimizer
 from lmf_jax import options
@@ -115,6 +117,7 @@ class JaxRun:
   def __init__(self, config, dataset, variables=None):
     """`variables` ({'params', 'batch_stats'}) replaces the seeded initialisation, e.g. with
     weights converted from torch; dropout keys still come from config.seed."""
+    state_dict.check_fits_in_memory(config, dataset.input_dims)
     self.config = config
     self.model = model_lib.from_config(config)
     init_rng, self.dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -183,6 +186,7 @@ def train_and_evaluate(config, resume=False, on_epoch_end=None):
   """Trains (or resumes, or reports a finished run) in config.workdir; returns results.json's record."""
   dataset, is_synthetic, data_note = records.open_dataset(config)
   logging.info(data_note)
+  jax_device.log_devices()
   with records.claim_workdir(config, BACKEND, {}, resume) as (config, status):
     if status == 'complete':
       logging.info('%s already holds the finished run: reporting it', config.workdir)
@@ -197,6 +201,7 @@ def measure_performance(config, steps):
   """The seed's performance mode: step time and samples/s (FPS) after a warm-up."""
   dataset, _, data_note = records.open_dataset(config)
   logging.info(data_note)
+  jax_device.log_devices()
   run = JaxRun(config, dataset)
   step_s, batch_size = run.time_steps(steps)
   return {'backend': BACKEND, 'device': device_description(), 'emotion': config.emotion,

@@ -18,6 +18,8 @@ from absl import logging
 
 from flags import cli
 from flags import definitions
+from flags import hardware
+from flags import state_dict
 from iemocap import batching
 from iemocap import protocol
 from iemocap import records
@@ -83,7 +85,12 @@ def resolve(torch_options):
   choice = device_lib.select_device(torch_options.device)
   precision = device_lib.select_precision(choice, torch_options.amp, torch_options.loss_scale,
                                           torch_options.amp_backend)
-  logging.info('device %s (%s); precision %s', choice.name, choice.why, precision)
+  logging.info('torch %s on %s (%s); precision %s', torch.__version__, choice.name, choice.why,
+               precision)
+  if torch_options.device == 'auto':  # a CPU asked for is no mistake
+    warning = hardware.unused_accelerator_warning('torch', choice.kind)
+    if warning:
+      logging.warning(warning)
   return choice, precision
 
 
@@ -97,6 +104,7 @@ class TorchRun:
   name = BACKEND
 
   def __init__(self, config, dataset, choice, precision):
+    state_dict.check_fits_in_memory(config, dataset.input_dims)
     self.config, self.choice, self.precision = config, choice, precision
     device_lib.activate(choice)
     self.device = choice.torch_device()

@@ -4,6 +4,14 @@ lmf_torch_npu on shared IEMOCAP batches; prints a table and exits 1 if any check
 Checks 1-6 run in float32 with the issue's bounds and again in float64 (JAX
 x64, torch double), where the two backends are the same algorithm and agree to
 ~1e-12; the AMP and dropout checks run once. Tolerances: parity/tolerances.py.
+
+The torch side runs on the CPU, or with --torch_device=cuda|npu on that device;
+JAX runs on its default device. On a GPU, TF32 is turned off on both sides and
+the same bounds apply: float32 then differs by summation order only, as between
+two CPUs, and float64 stays IEEE double throughout (cuBLAS and cuDNN's LSTM
+use no reduced precision for doubles by default). Neither has been measured on
+a GPU yet: parity/gpu_check.py records it. float64 on an Ascend NPU is untried:
+check there with --dtypes=float32 first.
 """
 
 import argparse
@@ -40,6 +48,8 @@ def parse_args(argv):
                       'training checks (shapes stay the preset\'s); 0: the preset\'s own')
   parser.add_argument('--train_samples', type=int, default=640, help='training utterances the '
                       'training checks use (the first ones); 0: the whole split')
+  parser.add_argument('--torch_device', default='cpu', choices=('cpu', 'cuda', 'npu'),
+                      help='where the torch side runs (JAX runs on its default device)')
   parser.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1),
                       help='emotions checked at once, in worker processes (compilation is '
                       'single-threaded, so two overlap well on two cores)')
@@ -72,8 +82,10 @@ def main(argv=None):
     emotions = (data_lib.EMOTIONS if args.emotion.strip().lower() == 'all'
                 else [data_lib.normalize_emotion(args.emotion)])
     records.open_dataset(checks.parity_config(emotions[0], args.data_path))  # fail fast, once
+    choice = checks.torch_choice(args.torch_device)
     options = {k: getattr(args, k) for k in ('data_path', 'epochs', 'seeds', 'dtypes',
-                                             'batch_size', 'train_samples', 'jobs')}
+                                             'batch_size', 'train_samples', 'jobs',
+                                             'torch_device')}
     if args.jobs > 1 and len(emotions) > 1:
       context = multiprocessing.get_context('spawn')
       with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
@@ -89,7 +101,8 @@ def main(argv=None):
   print(table(results))
   failed = [r for r in results if not r.passed]
   print(f'{len(results) - len(failed)} of {len(results)} checks passed in '
-        f'{time.perf_counter() - started:.0f} s' + ('' if is_synthetic else ' (real data)'))
+        f'{time.perf_counter() - started:.0f} s' + ('' if is_synthetic else ' (real data)')
+        + ('' if choice.kind == 'cpu' else f' (torch on {choice.name})'))
   for r in failed:
     print(f'FAILED: {r}', file=sys.stderr)
   if args.json:

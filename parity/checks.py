@@ -5,6 +5,10 @@ JAX through lmf_jax/checkpoint.py's key table) and see the same minibatches
 (iemocap.batching with PARITY_SEED). Every comparison walks the 2018 keys and
 reports the worst one, so a failure names the check, the emotion, the
 parameter, the difference and the tolerance.
+
+The torch side runs on the CPU unless a DeviceChoice says otherwise (parity's
+--torch_device); JAX runs on its default device. On a GPU both are held to IEEE
+float32 (no TF32: `gpu_precision`), so the CPU's bounds apply there too.
 """
 
 import contextlib
@@ -140,17 +144,47 @@ def train_subset(dataset, samples):
   return dataclasses.replace(dataset, train=train)
 
 
-class Pair:
-  """One model in both frameworks, from one initialisation, in one dtype."""
+def torch_choice(kind):
+  """The DeviceChoice of parity's --torch_device (cpu | cuda | npu); a UserError of one line
+  naming the option when that device is not here."""
+  if kind == 'cpu':
+    return CPU
+  try:
+    return torch_device.select_device(kind)
+  except torch_device.DeviceError as e:
+    why = str(e).partition(': ')[2] or str(e)  # select_device names the trainer's --device
+    raise torch_device.DeviceError(f'--torch_device={kind}: {why}') from None
 
-  def __init__(self, config, dtype):
-    self.config, self.dtype = config, dtype
+
+def gpu_precision(choice):
+  """IEEE float32 matmuls on GPUs: TF32 (cuDNN's LSTM uses it by default, and XLA's default
+  precision on GPUs) would put ~1e-3 relative errors into checks bounded at 1e-5. Process-wide
+  settings, for parity's processes; nothing changes on the CPU."""
+  if choice.kind == 'cuda':
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+  if jax.default_backend() == 'gpu':
+    jax.config.update('jax_default_matmul_precision', 'highest')
+
+
+class Pair:
+  """One model in both frameworks, from one initialisation, in one dtype; the torch model on
+  `choice`'s device."""
+
+  def __init__(self, config, dtype, choice=CPU):
+    self.config, self.dtype, self.choice = config, dtype, choice
+    self.device = choice.torch_device()
     torch.manual_seed(PARITY_SEED)
     initial = torch_checkpoint.to_state_dict(
         torch_checkpoint.model_lib.from_config(config).state_dict(), config)
-    self.torch = torch_checkpoint.from_state_dict(initial, config).to(getattr(torch, dtype))
+    self.torch = self.torch_model(initial)
     self.jax = jax_checkpoint.from_state_dict(initial, config, dtype=np.dtype(dtype))
     self.jax_model = jax_model.from_config(config)
+
+  def torch_model(self, arrays):
+    """A torch model of `arrays` (a state dict) in the pair's dtype, on its device."""
+    return torch_checkpoint.from_state_dict(arrays, self.config).to(self.device,
+                                                                    getattr(torch, self.dtype))
 
   def torch_arrays(self, model=None):
     return {k: v.detach().cpu().numpy() for k, v in (model or self.torch).state_dict().items()}
@@ -158,15 +192,19 @@ class Pair:
   def jax_arrays(self, variables=None):
     return jax_checkpoint.to_state_dict(variables or self.jax, self.config)
 
+  def inputs(self, arrays):
+    """The audio, visual and text tensors of a batch on the pair's device."""
+    return [torch.from_numpy(arrays[k]).to(self.device) for k in ('audio', 'visual', 'text')]
 
-def torch_batch(arrays):
-  return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+def torch_batch(arrays, device=CPU.torch_device()):
+  return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in arrays.items()}
 
 
 def check_conversion(pair, emotion):
   """torch -> JAX -> torch and JAX -> torch -> JAX return every tensor unchanged."""
   config = pair.config
-  back = torch_checkpoint.from_state_dict(pair.jax_arrays(), config).to(getattr(torch, pair.dtype))
+  back = pair.torch_model(pair.jax_arrays())
   diff_t, where_t = worst(pair.torch_arrays(back), pair.torch_arrays())
   again = jax_checkpoint.from_state_dict(pair.torch_arrays(), config, dtype=np.dtype(pair.dtype))
   diff_j, where_j = worst(pair.jax_arrays(again), pair.jax_arrays())
@@ -181,10 +219,10 @@ def check_eval_logits(pair, dataset, emotion):
       pair.jax, test)
   pair.torch.eval()
   with torch.no_grad():
-    torch_logits = pair.torch(*(torch.from_numpy(test[k]) for k in ('audio', 'visual', 'text')))
-  diff, _ = worst({'logits': np.asarray(jax_logits)}, {'logits': torch_logits.numpy()})
+    torch_logits = pair.torch(*pair.inputs(test)).cpu().numpy()
+  diff, _ = worst({'logits': np.asarray(jax_logits)}, {'logits': torch_logits})
   return result('eval_logits', emotion, pair.dtype, diff, 'logits'), np.asarray(
-      jax_logits), torch_logits.numpy()
+      jax_logits), torch_logits
 
 
 def first_batch(dataset, config):
@@ -197,11 +235,10 @@ def check_train_forward(pair, dataset, emotion):
   batch = first_batch(dataset, pair.config)
   forward = jax.jit(functools.partial(pair.jax_model.apply, train=True, mutable=['batch_stats']))
   jax_logits, updates = forward(pair.jax, batch['audio'], batch['visual'], batch['text'])
-  model = torch_checkpoint.from_state_dict(pair.torch_arrays(), pair.config).to(
-      getattr(torch, pair.dtype)).train()
+  model = pair.torch_model(pair.torch_arrays()).train()
   with torch.no_grad():
-    torch_logits = model(*(torch.from_numpy(batch[k]) for k in ('audio', 'visual', 'text')))
-  logits_diff, _ = worst({'logits': np.asarray(jax_logits)}, {'logits': torch_logits.numpy()})
+    torch_logits = model(*pair.inputs(batch))
+  logits_diff, _ = worst({'logits': np.asarray(jax_logits)}, {'logits': torch_logits.cpu().numpy()})
   jax_stats = pair.jax_arrays({'params': pair.jax['params'], 'batch_stats': updates['batch_stats']})
   torch_stats = pair.torch_arrays(model)
   keys = [k for k in torch_stats if k.endswith(('running_mean', 'running_var'))]
@@ -223,13 +260,12 @@ def check_gradients(pair, dataset, emotion):
 
   grads = jax.jit(jax.grad(loss_fn))(pair.jax['params'])
   jax_grads = pair.jax_arrays({'params': grads, 'batch_stats': pair.jax['batch_stats']})
-  model = torch_checkpoint.from_state_dict(pair.torch_arrays(), pair.config).to(
-      getattr(torch, pair.dtype)).train()
-  tensors = torch_batch(batch)
+  model = pair.torch_model(pair.torch_arrays()).train()
+  tensors = torch_batch(batch, pair.device)
   loss = torch_train.cross_entropy_sum(model(tensors['audio'], tensors['visual'], tensors['text']),
                                        tensors['label'])
   loss.backward()
-  torch_grads = {name: p.grad.numpy() for name, p in model.named_parameters()}
+  torch_grads = {name: p.grad.cpu().numpy() for name, p in model.named_parameters()}
   diff, where = worst({k: jax_grads[k] for k in torch_grads}, torch_grads, relative=True)
   return result('gradients', emotion, pair.dtype, diff, where)
 
@@ -250,13 +286,13 @@ def check_adam_steps(pair, dataset, emotion, steps=ADAM_STEPS):
   """
   config = pair.config
   run = _jax_run(config, dataset, pair.jax)
-  model = torch_checkpoint.from_state_dict(pair.torch_arrays(), config).to(
-      getattr(torch, pair.dtype)).train()
-  torch_tx = torch_optimizer.make(config, model, 'cpu')
-  precision = torch_device.MixedPrecision(CPU, FP32)
+  model = pair.torch_model(pair.torch_arrays()).train()
+  torch_tx = torch_optimizer.make(config, model, pair.choice.kind)
+  precision = torch_device.MixedPrecision(pair.choice, FP32)
   for index in step_batches(dataset, config, steps):
     run.state, _ = run._step(run.state, run.data['train'], index, run.dropout_rng)  # pylint: disable=protected-access
-    torch_train.train_step(model, torch_tx, torch_batch(dataset.train.take(index)), precision)
+    torch_train.train_step(model, torch_tx, torch_batch(dataset.train.take(index), pair.device),
+                           precision)
   ours, theirs = pair.jax_arrays(run.state.variables()), pair.torch_arrays(model)
   params = [k for k in theirs if not state_dict.is_buffer(k)]
   stats = [k for k in theirs if k.endswith(('running_mean', 'running_var'))]
@@ -282,8 +318,8 @@ def _jax_run(config, dataset, initial):
   return jax_train.JaxRun(config, dataset, variables=initial)
 
 
-def _torch_run(config, dataset, initial_arrays, dtype):
-  run = torch_train.TorchRun(config, dataset, CPU, FP32)
+def _torch_run(config, dataset, initial_arrays, dtype, choice=CPU):
+  run = torch_train.TorchRun(config, dataset, choice, FP32)
   run.model.to(getattr(torch, dtype))
   run.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in initial_arrays.items()})
   run.best = run._snapshot()  # pylint: disable=protected-access
@@ -303,7 +339,7 @@ def train_both(pair, dataset, workdir, epochs):
     if backend == 'jax':
       run = _jax_run(backend_config, dataset, pair.jax)
     else:
-      run = _torch_run(backend_config, dataset, pair.torch_arrays(), pair.dtype)
+      run = _torch_run(backend_config, dataset, pair.torch_arrays(), pair.dtype, pair.choice)
     out[backend] = protocol.train_and_evaluate(backend_config, run, dataset, True, status)
     history[backend] = records.read_metrics(backend_config.workdir)
   return out, history
@@ -323,22 +359,23 @@ def check_short_training(pair, dataset, emotion, workdir, epochs):
           result('short_training_losses', emotion, pair.dtype, loss_diff, where)], out
 
 
-def check_checkpoint_round_trip(dataset, emotion, dtype, workdir, trained):
+def check_checkpoint_round_trip(dataset, emotion, dtype, workdir, trained, choice=CPU):
   """Each backend's checkpoint, evaluated by the other, gives the writer's test F1.
 
   `trained` is {backend: results record} of the runs that wrote them. In float32 the reader
   must match the trainer's own F1; a float64 run's checkpoint is stored in float32, so there
-  the reader matches the writer's evaluate command.
+  the reader matches the writer's evaluate command. torch evaluates on `choice`'s device.
   """
   data_path = dataset.path
   diffs = []
   for writer, reader in (('jax', 'torch'), ('torch', 'jax')):
     path = os.path.join(workdir, writer, records.CHECKPOINT)
-    commands = {'jax': jax_evaluate, 'torch': torch_evaluate}
-    other = commands[reader].evaluate(path, data_path=data_path)['f1']
+    commands = {'jax': jax_evaluate.evaluate,
+                'torch': functools.partial(torch_evaluate.evaluate, device=choice.name)}
+    other = commands[reader](path, data_path=data_path)['f1']
     if dtype == 'float32':
       diffs.append((abs(trained[writer]['f1'] - other), f'{writer} run\'s F1 vs {reader} evaluate'))
-    own = commands[writer].evaluate(path, data_path=data_path)['f1']
+    own = commands[writer](path, data_path=data_path)['f1']
     diffs.append((abs(own - other), f'{writer} checkpoint: {writer} vs {reader} evaluate'))
   diff, where = max(diffs)
   return result('checkpoint_round_trip', emotion, dtype, diff, where)
@@ -379,7 +416,7 @@ def check_amp(pair, dataset, emotion):
   return results
 
 
-def check_dropout_training(dataset, emotion, workdir, seeds, epochs, batch_size=None):
+def check_dropout_training(dataset, emotion, workdir, seeds, epochs, batch_size=None, choice=CPU):
   """Dropout on, each backend with its own RNG and init: mean test F1 over seeds agrees
   statistically. Both trainers run through the shared protocol on `dataset`."""
   f1 = {'jax': [], 'torch': []}
@@ -393,7 +430,7 @@ def check_dropout_training(dataset, emotion, workdir, seeds, epochs, batch_size=
       if backend == 'jax':
         run = jax_train.JaxRun(backend_config, dataset)
       else:
-        run = torch_train.TorchRun(backend_config, dataset, CPU, FP32)
+        run = torch_train.TorchRun(backend_config, dataset, choice, FP32)
       record = protocol.train_and_evaluate(backend_config, run, dataset, True, status)
       f1[backend].append(record['f1'])
   stderr = math.sqrt(sum(statistics.variance(v) / len(v) for v in f1.values()))
@@ -405,11 +442,12 @@ def check_dropout_training(dataset, emotion, workdir, seeds, epochs, batch_size=
 
 
 def run_emotion(emotion, dataset, epochs=2, seeds=2, dtypes=DTYPES, batch_size=32,
-                train_samples=640, workdir=None):
+                train_samples=640, workdir=None, choice=CPU):
   """Every check for one emotion preset; returns [Result].
 
   Evaluation checks use the whole test split; the training checks use the first
   `train_samples` training utterances in minibatches of `batch_size` (0: all, the preset's).
+  The torch side runs on `choice`'s device.
   """
   results = []
   training = train_subset(dataset, train_samples)
@@ -418,7 +456,7 @@ def run_emotion(emotion, dataset, epochs=2, seeds=2, dtypes=DTYPES, batch_size=3
     for dtype in dtypes:
       with precision_scope(dtype):
         config = parity_config(emotion, dataset.path, batch_size=batch_size)
-        pair = Pair(config, dtype)
+        pair = Pair(config, dtype, choice)
         data = cast_dataset(training, dtype)
         results.append(check_conversion(pair, emotion))
         eval_result, jax_logits, torch_logits = check_eval_logits(pair, data, emotion)
@@ -430,12 +468,13 @@ def run_emotion(emotion, dataset, epochs=2, seeds=2, dtypes=DTYPES, batch_size=3
         run_dir = os.path.join(workdir, f'{emotion}-{dtype}')
         short, trained = check_short_training(pair, data, emotion, run_dir, epochs)
         results += short
-        results.append(check_checkpoint_round_trip(dataset, emotion, dtype, run_dir, trained))
+        results.append(check_checkpoint_round_trip(dataset, emotion, dtype, run_dir, trained,
+                                                   choice))
         if dtype == 'float32':
           results += check_amp(pair, data, emotion)
     if seeds:
       results.append(check_dropout_training(training, emotion, os.path.join(workdir, emotion),
-                                            seeds, epochs, batch_size))
+                                            seeds, epochs, batch_size, choice))
   return results
 
 
@@ -451,7 +490,10 @@ def check_emotion(emotion, options):
   jax_train.enable_compilation_cache()  # the checks rebuild the trainers' programs
   if options['jobs'] > 1:
     torch.set_num_threads(1)  # workers share the cores: one torch thread each, no oversubscription
+  choice = torch_choice(options['torch_device'])
+  torch_device.activate(choice)
+  gpu_precision(choice)
   dataset, is_synthetic, note = records.open_dataset(parity_config(emotion, options['data_path']))
   results = run_emotion(emotion, dataset, options['epochs'], options['seeds'], options['dtypes'],
-                        options['batch_size'], options['train_samples'])
+                        options['batch_size'], options['train_samples'], choice=choice)
   return results, note, is_synthetic

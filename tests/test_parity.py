@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import torch
 
 from iemocap import data as data_lib
 from lmf_jax import model as jax_model
@@ -161,6 +162,30 @@ def test_a_failing_check_exits_1_and_still_writes_valid_json(small_data_dir, tmp
   assert 'FAILED: eval_logits [happy, float32]' in capsys.readouterr().err
   failed = [r for r in json.loads(out.read_text()) if not r['passed']]
   assert [r['check'] for r in failed] == ['eval_logits']
+
+
+def test_torch_device_cpu_is_the_default_and_changes_no_figure(dataset):
+  from parity import __main__ as parity_main  # pylint: disable=import-outside-toplevel
+  assert parity_main.parse_args([]).torch_device == 'cpu'
+  assert checks.torch_choice('cpu') is checks.CPU
+  default, chosen = pair_for('sad'), checks.Pair(checks.parity_config('sad'), 'float32',
+                                                 checks.torch_choice('cpu'))
+  for check in (lambda p: checks.check_eval_logits(p, dataset, 'sad')[0],
+                lambda p: checks.check_train_forward(p, dataset, 'sad'),
+                lambda p: checks.check_gradients(p, dataset, 'sad')):
+    assert check(chosen) == check(default)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a CUDA GPU')
+def test_torch_device_cuda_without_a_gpu_is_refused_in_one_line(small_data_dir, capsys):
+  from parity import __main__ as parity_main  # pylint: disable=import-outside-toplevel
+  code = parity_main.main([f'--data_path={small_data_dir}', '--emotion=happy', '--seeds=0',
+                           '--torch_device=cuda'])
+  err = capsys.readouterr().err
+  assert code == 2 and err.startswith('error: --torch_device=cuda: ') and err.count('\n') == 1
+  assert '--device' not in err  # the trainer's flag name is not parity's
+  with pytest.raises(SystemExit):
+    parity_main.parse_args(['--torch_device=tpu'])
 
 
 def test_a_non_finite_difference_is_written_as_null():
