@@ -7,9 +7,11 @@ the user can fix: a UserError (exit 2), an OS error while reading or writing
 write is atomic, so `--resume` continues once the cause is fixed.
 """
 
+import argparse
 import ctypes
 import errno
 import functools
+import os
 import signal
 import sys
 
@@ -82,6 +84,27 @@ def parse_flags(argv):
     message = ' '.join(str(e).split())
     print(f'error: {message}: see --help for the flags', file=sys.stderr)
     sys.exit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for the commands that use it (parity, bench, data): a bad argument is one
+  `error:` line and exit 2, not the usage text."""
+
+  def error(self, message):
+    print(f'error: {message}: see {self.prog} --help', file=sys.stderr)
+    sys.exit(2)
+
+
+def check_output_file(path, flag):
+  """Refuses, before any work, an output path that cannot be written: a directory, or one below
+  a file. Creates its parent directory."""
+  if os.path.isdir(path):
+    raise UserError(f'{flag}={path} is a directory: name a file')
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  except OSError as e:
+    fix = _OS_ERROR_FIXES.get(e.errno, 'choose another path')
+    raise UserError(f'{flag}={path}: {e.strerror} ({e.filename}); {fix}') from None
 
 
 def refuse_arguments(argv):

@@ -14,7 +14,6 @@ a GPU yet: parity/gpu_check.py records it. float64 on an Ascend NPU is untried:
 check there with --dtypes=float32 first.
 """
 
-import argparse
 import concurrent.futures
 import multiprocessing
 import os
@@ -24,6 +23,7 @@ import time
 
 from absl import flags as absl_flags
 
+from flags import cli
 from iemocap import data as data_lib
 from iemocap import files
 from iemocap import records
@@ -32,7 +32,7 @@ from parity import checks
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(prog='python -m parity', description=__doc__.split('\n\n')[0])
+  parser = cli.ArgumentParser(prog='python -m parity', description=__doc__.split('\n\n')[0])
   parser.add_argument('--data_path', default='', help='iemocap.pkl/.npz or its directory; '
                       'empty: the synthetic stand-in')
   parser.add_argument('--emotion', default='all', help='all, or one of '
@@ -79,6 +79,8 @@ def main(argv=None):
   absl_flags.FLAGS.mark_as_parsed()  # the libraries log through absl; parity has its own parser
   started = time.perf_counter()
   try:
+    if args.json:
+      cli.check_output_file(args.json, '--json')
     emotions = (data_lib.EMOTIONS if args.emotion.strip().lower() == 'all'
                 else [data_lib.normalize_emotion(args.emotion)])
     records.open_dataset(checks.parity_config(emotions[0], args.data_path))  # fail fast, once

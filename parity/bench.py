@@ -10,7 +10,6 @@ library's defaults as the 2018 code ran, each trainer as its command line runs
 it. A benchmark, not a test: figures vary with the machine and its load.
 """
 
-import argparse
 import concurrent.futures
 import dataclasses
 import multiprocessing
@@ -167,7 +166,7 @@ def format_rows(emotion, figures):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m parity.bench', description=__doc__.split('\n\n')[0])
+  parser = cli.ArgumentParser(prog='python -m parity.bench', description=__doc__.split('\n\n')[0])
   parser.add_argument('--emotion', default='sad', help='all, or one of ' + ', '.join(data_lib.EMOTIONS))
   parser.add_argument('--data_path', default='')
   parser.add_argument('--epochs', type=int, default=4, help='epochs per trainer; the first is '
@@ -176,8 +175,14 @@ def main(argv=None):
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   absl_flags.FLAGS.mark_as_parsed()
   logging.set_verbosity(logging.WARNING)
-  emotions = (data_lib.EMOTIONS if args.emotion == 'all'
-              else [data_lib.normalize_emotion(args.emotion)])
+  try:
+    if args.json:
+      cli.check_output_file(args.json, '--json')
+    emotions = (data_lib.EMOTIONS if args.emotion == 'all'
+                else [data_lib.normalize_emotion(args.emotion)])
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   report = {'machine': f'{os.cpu_count()} CPU cores, torch {torch.__version__}, '
                         f'jax {jax_train.device_description()}', 'emotions': {}}
   for emotion in emotions:

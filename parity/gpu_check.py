@@ -19,7 +19,6 @@ refused. This process imports neither jax nor torch: on a GPU, jax would hold
 most of the memory its children need.
 """
 
-import argparse
 import dataclasses
 import json
 import os
@@ -31,10 +30,12 @@ import sys
 import tempfile
 import time
 
+from flags import cli
 from flags import hardware
 from iemocap import files
 from iemocap import records
 from iemocap import synthetic
+from iemocap.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERF_LINE = re.compile(r' on (?P<device>.+): (?P<steps>\d+) steps of .*step time (?P<ms>[\d.]+) '
@@ -326,13 +327,18 @@ def cuda_refusal(entry):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m parity.gpu_check',
-                                   description=__doc__.split('\n\n')[0])
+  parser = cli.ArgumentParser(prog='python -m parity.gpu_check',
+                              description=__doc__.split('\n\n')[0])
   parser.add_argument('--out', default='gpu_check.json', help='the JSON of figures')
   parser.add_argument('--quick', action='store_true', help='tiny runs: a smoke test, on a CPU too')
   parser.add_argument('--budget_s', type=float, help='seconds for all steps together (default: '
                       f'{FULL.budget_s:.0f}, --quick {QUICK.budget_s:.0f})')
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    cli.check_output_file(args.out, '--out')
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   plan = QUICK if args.quick else FULL
   budget = plan.budget_s if args.budget_s is None else args.budget_s
   started = time.perf_counter()

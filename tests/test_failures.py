@@ -129,6 +129,17 @@ def test_an_unwritable_cache_directory_names_lmf_cache_dir(tmp_path):
   assert (tmp_path / 'a_file').read_text() == 'mine'
 
 
+@pytest.mark.parametrize('module, flag', [('parity', '--json'), ('parity.bench', '--json'),
+                                          ('parity.gpu_check', '--out')])
+def test_an_output_file_below_a_file_is_refused_before_any_work(tmp_path, module, flag):
+  (tmp_path / 'a_file').write_text('mine')
+  result = run_cli(module, f'{flag}={tmp_path / "a_file" / "out.json"}')
+  assert_one_line(result, rf'{flag}=.*a file is in the way: choose another path')
+  assert (tmp_path / 'a_file').read_text() == 'mine'
+  assert_one_line(run_cli(module, '--no_such_option'),
+                  rf'unrecognized arguments: --no_such_option: see python -m {module} --help')
+
+
 # --- Signals --------------------------------------------------------------------------------
 
 def wait_for(predicate, timeout=120):
