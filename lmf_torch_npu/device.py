@@ -8,6 +8,7 @@ DeviceError of one line saying what is missing.
 
 import contextlib
 import dataclasses
+import functools
 import importlib
 import inspect
 import os
@@ -161,18 +162,41 @@ def import_ascend_apex():
   return amp, ''
 
 
+@functools.cache
+def cpu_bf16_lstm_works():
+  """Whether bf16 autocast can run an LSTM on this CPU: x86 oneDNN has no bf16 LSTM without
+  AVX-512 (a common cloud EPYC). Probed once per process, forward and backward; logged if not."""
+  # Grad mode on and the caller's RNG untouched: the probe may run inside an evaluation or
+  # between a seed and the dropout draws it fixes.
+  with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
+    rnn = torch.nn.LSTM(2, 2, batch_first=True)
+    try:
+      with torch.autocast('cpu', dtype=torch.bfloat16):
+        _, (h_n, _) = rnn(torch.zeros(1, 1, 2))
+      h_n.float().sum().backward()
+    except RuntimeError as e:  # oneDNN: "could not create a primitive descriptor for the LSTM ..."
+      logging.info('bf16 autocast: the LSTM runs in float32 (the rest in bf16) because this '
+                   'CPU\'s oneDNN has no bf16 LSTM (%s)', str(e).split('.')[0])
+      return False
+  return True
+
+
 @dataclasses.dataclass(frozen=True)
 class Precision:
   """The resolved mixed-precision mode of a run.
 
   Native torch AMP has one mode, autocast, which O1 and O2 both select; the
   two differ only under Ascend apex, where O2 also keeps fp16 weights with
-  fp32 master copies. BatchNorm and the loss stay in float32 either way.
+  fp32 master copies. BatchNorm and the loss stay in float32 either way, and
+  the LSTM too where the CPU has no bf16 LSTM (`float32_lstm`).
   """
   amp: str  # off | O1 | O2
   backend: str  # none | native | apex
   dtype: Optional[torch.dtype]
   loss_scale: str  # none | dynamic | a positive number
+  # In the log and results.json's device, not in options(): the request is the same, so is the
+  # workdir (its fingerprint) on every CPU, as for any other difference between CPUs' kernels.
+  float32_lstm: bool = False
 
   def options(self):
     """What goes into the run's fingerprint and config.json."""
@@ -183,8 +207,9 @@ class Precision:
   def __str__(self):
     if self.amp == 'off':
       return 'float32'
+    lstm = ', LSTM in float32' if self.float32_lstm else ''
     return (f'amp {self.amp} ({self.backend}, {self.options()["amp_dtype"]}, '
-            f'loss scale {self.loss_scale})')
+            f'loss scale {self.loss_scale}{lstm})')
 
 
 def _loss_scale(text, choice):
@@ -224,7 +249,8 @@ def select_precision(choice, amp='auto', loss_scale='auto', amp_backend='native'
       backend = 'apex'
   # fp16 where the hardware is built for it; bf16 on the CPU, whose range needs no loss scale.
   dtype = torch.bfloat16 if choice.kind == 'cpu' else torch.float16
-  return Precision(amp, backend, dtype, _loss_scale(loss_scale, choice))
+  return Precision(amp, backend, dtype, _loss_scale(loss_scale, choice),
+                   float32_lstm=choice.kind == 'cpu' and not cpu_bf16_lstm_works())
 
 
 class MixedPrecision:

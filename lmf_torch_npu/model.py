@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flags import state_dict
+from lmf_torch_npu import device
 
 
 class SubNet(nn.Module):
@@ -38,6 +39,13 @@ class SubNet(nn.Module):
     return F.relu(self.linear_3(x))
 
 
+def _bf16_lstm_missing(x):
+  """Whether x is about to meet an LSTM under CPU bf16 autocast on a CPU without a bf16 LSTM."""
+  return (x.device.type == 'cpu' and torch.is_autocast_enabled('cpu')
+          and torch.get_autocast_dtype('cpu') == torch.bfloat16
+          and not device.cpu_bf16_lstm_works())
+
+
 class TextSubNet(nn.Module):
   """Text encoder: LSTM over the GloVe sequence, dropout on h_T, Linear to text_out."""
 
@@ -48,7 +56,12 @@ class TextSubNet(nn.Module):
     self.linear_1 = nn.Linear(hidden, out)
 
   def forward(self, x):
-    _, (h_n, _) = self.rnn(x)
+    if _bf16_lstm_missing(x):
+      # The LSTM alone in float32; h_n meets autocast again in linear_1.
+      with torch.autocast('cpu', enabled=False):
+        _, (h_n, _) = self.rnn(x.to(self.rnn.weight_ih_l0.dtype))
+    else:
+      _, (h_n, _) = self.rnn(x)
     # h_n is (layers, batch, hidden); indexing the layer keeps the batch axis at batch size 1,
     # where the 2018 `.squeeze()` dropped it.
     return self.linear_1(self.dropout(h_n[-1]))

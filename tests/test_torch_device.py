@@ -5,6 +5,10 @@ Where a test needs torch_npu or apex to be installed, a FAKE module stands in
 it exercises the selection logic only, never a real NPU, and nothing trains on it.
 """
 
+import copy
+import os
+import platform
+import subprocess
 import sys
 import textwrap
 
@@ -12,10 +16,17 @@ import pytest
 import torch
 
 from flags.errors import ConfigError
+from iemocap import records
 from lmf_torch_npu import device
 from lmf_torch_npu import model as model_lib
 from flags import presets
 from flags.config import Config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Caps oneDNN at AVX2 as on a CPU without AVX-512, where it has no bf16 LSTM.
+NO_AVX512 = {'ONEDNN_MAX_CPU_ISA': 'AVX2'}
+FALLBACK_LOG = ("the LSTM runs in float32 (the rest in bf16) because this CPU's oneDNN has no "
+                'bf16 LSTM')
 
 CPU_ONLY = not torch.cuda.is_available()
 
@@ -119,7 +130,8 @@ CUDA = device.DeviceChoice('cuda', 0, 'test')
 CPU = device.DeviceChoice('cpu', None, 'test')
 
 
-def test_precision_defaults_per_device():
+def test_precision_defaults_per_device(monkeypatch):
+  monkeypatch.setattr(device, 'cpu_bf16_lstm_works', lambda: True)  # the fallback: tests below
   assert device.select_precision(NPU) == device.Precision('O2', 'native', torch.float16, '128')
   assert device.select_precision(CUDA).amp == 'off'
   assert device.select_precision(CPU) == device.Precision('off', 'none', None, 'none')
@@ -174,6 +186,7 @@ def test_no_fake_module_outlives_its_test():
   assert device.select_device('auto', environ={}).kind in ('cpu', 'cuda', 'npu')
 
 
+@pytest.mark.amp
 def test_bf16_autocast_on_cpu_keeps_batchnorm_and_the_loss_in_float32():
   model = model_lib.from_config(Config(emotion='sad', **{**presets.PRESETS['sad'],
                                                         'text_hidden': 16}))
@@ -197,9 +210,126 @@ def test_bf16_autocast_on_cpu_keeps_batchnorm_and_the_loss_in_float32():
   assert train.cross_entropy_sum(logits, torch.tensor([0, 1, 1, 0])).dtype == torch.float32
 
 
+@pytest.mark.amp
 def test_a_numeric_loss_scale_is_static_and_dynamic_is_torchs_default():
   model = model_lib.from_config(Config(emotion='sad', **presets.PRESETS['sad']))
   static = device.prepare(CPU, device.select_precision(CPU, 'O1', '128'), model, None)[2].scaler
   assert static.get_scale() == 128.0 and static.get_growth_interval() == device.NEVER
   dynamic = device.prepare(CPU, device.select_precision(CPU, 'O1', 'dynamic'), model, None)[2]
   assert dynamic.scaler.get_scale() == 2.0**16 and dynamic.scaler.get_growth_interval() == 2000
+
+
+@pytest.fixture
+def fresh_probe():
+  """The bf16 LSTM probe forgets its answer before and after the test."""
+  device.cpu_bf16_lstm_works.cache_clear()
+  yield
+  device.cpu_bf16_lstm_works.cache_clear()
+
+
+class NoBf16Lstm(torch.nn.LSTM):
+  """An LSTM that fails under bf16 autocast as oneDNN does without AVX-512, and counts itself."""
+  built = 0
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    NoBf16Lstm.built += 1
+
+  def forward(self, *args, **kwargs):  # pylint: disable=arguments-differ
+    if torch.is_autocast_enabled('cpu'):
+      raise RuntimeError('could not create a primitive descriptor for the LSTM forward '
+                         'propagation primitive. Run workload with ONEDNN_VERBOSE=all')
+    return super().forward(*args, **kwargs)
+
+
+def small_sad_model():
+  torch.manual_seed(0)
+  return model_lib.from_config(Config(emotion='sad', **{**presets.PRESETS['sad'],
+                                                       'text_hidden': 16}))
+
+
+def small_inputs(batch=8):
+  g = torch.Generator().manual_seed(1)
+  return (torch.randn(batch, 74, generator=g), torch.randn(batch, 35, generator=g),
+          torch.randn(batch, 20, 300, generator=g))
+
+
+@pytest.mark.amp
+def test_the_bf16_lstm_probe_runs_once_only_for_cpu_bf16_and_logs_once(fresh_probe, monkeypatch,
+                                                                         caplog):
+  model = small_sad_model()
+  monkeypatch.setattr(torch.nn, 'LSTM', NoBf16Lstm)
+  monkeypatch.setattr(NoBf16Lstm, 'built', 0)
+  caplog.set_level('INFO')
+  assert device.select_precision(CPU) == device.Precision('off', 'none', None, 'none')
+  assert device.select_precision(CUDA, 'O1').float32_lstm is False
+  model(*small_inputs())
+  assert NoBf16Lstm.built == 0  # float32 and fp16 never probe
+  precision = device.select_precision(CPU, 'O1')
+  device.select_precision(CPU, 'O2')
+  mixed = device.MixedPrecision(CPU, precision)
+  for _ in range(2):
+    with mixed.autocast():
+      model(*small_inputs())
+  assert NoBf16Lstm.built == 1
+  assert caplog.text.count(FALLBACK_LOG) == 1
+  assert precision.float32_lstm and str(precision).endswith('loss scale none, LSTM in float32)')
+  # The same request fingerprints the same workdir on every CPU.
+  assert precision.options() == {'amp': 'O1', 'amp_backend': 'native', 'amp_dtype': 'bfloat16',
+                                 'loss_scale': 'none'}
+
+
+def test_the_probe_leaves_the_callers_rng_alone(fresh_probe):
+  torch.manual_seed(3)
+  expected = torch.rand(4)
+  torch.manual_seed(3)
+  with torch.no_grad():  # it still probes the backward pass
+    device.cpu_bf16_lstm_works()
+  assert torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.amp
+def test_without_a_bf16_lstm_it_runs_in_float32_and_gradients_flow(monkeypatch):
+  monkeypatch.setattr(device, 'cpu_bf16_lstm_works', lambda: False)
+  model = small_sad_model()
+  reference = copy.deepcopy(model)
+  seen = {}
+  model.text_subnet.rnn.register_forward_hook(
+      lambda module, args, out: seen.__setitem__('h_n', out[1][0]))
+  model.text_subnet.linear_1.register_forward_hook(
+      lambda module, args, out: seen.__setitem__('text', out.dtype))
+  mixed = device.MixedPrecision(CPU, device.select_precision(CPU, 'O1'))
+  labels = torch.tensor([0, 1] * 4)
+  from lmf_torch_npu import train  # pylint: disable=import-outside-toplevel
+  with mixed.autocast():
+    logits = model(*small_inputs())
+  train.cross_entropy_sum(logits, labels).backward()
+  train.cross_entropy_sum(reference(*small_inputs()), labels).backward()
+  assert seen['h_n'].dtype == torch.float32 and seen['text'] == torch.bfloat16
+  # The LSTM itself is exactly the float32 one; autocast resumes after it.
+  _, (h_n, _) = reference.text_subnet.rnn(small_inputs()[2])
+  assert torch.equal(seen['h_n'], h_n)
+  for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+    assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
+    scale = q.grad.abs().max()
+    assert (p.grad - q.grad).abs().max() <= 0.1 * scale, name  # bf16 rounding elsewhere
+
+
+@pytest.mark.amp
+@pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'),
+                    reason='ONEDNN_MAX_CPU_ISA=AVX2 caps x86 CPUs only')
+def test_bf16_training_runs_on_a_cpu_without_avx512(small_data_dir, tmp_path):
+  workdir = tmp_path / 'avx2'
+  result = subprocess.run(
+      [sys.executable, '-m', 'lmf_torch_npu.train', f'--data_path={small_data_dir}',
+       f'--workdir={workdir}', '--emotion=sad', '--epochs=1', '--text_hidden=16',
+       '--batch_size=32', '--amp=O1'],
+      capture_output=True, text=True, check=False, cwd=ROOT,
+      env={**os.environ, **NO_AVX512, 'OMP_NUM_THREADS': '1'})
+  assert result.returncode == 0, result.stderr
+  assert result.stderr.count(FALLBACK_LOG) == 1, result.stderr
+  record = records.read_json(workdir / records.RESULTS_JSON)
+  assert record['device'] == 'cpu, amp O1 (native, bfloat16, loss scale none, LSTM in float32)'
+  assert records.read_json(workdir / records.CONFIG_JSON)['backend_options'] == {
+      'device': 'cpu', 'amp': 'O1', 'amp_backend': 'native', 'amp_dtype': 'bfloat16',
+      'loss_scale': 'none'}

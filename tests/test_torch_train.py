@@ -78,7 +78,8 @@ class Interrupt(Exception):
 
 
 @pytest.mark.parametrize('torch_options', [
-    CPU, TorchOptions(device='cpu', amp='O1', loss_scale='dynamic')], ids=['fp32', 'bf16-scaled'])
+    CPU, pytest.param(TorchOptions(device='cpu', amp='O1', loss_scale='dynamic'),
+                      marks=pytest.mark.amp)], ids=['fp32', 'bf16-scaled'])
 def test_resume_after_interruption_equals_an_uninterrupted_run(small_data_dir, tmp_path,
                                                                torch_options):
   config = small_config(small_data_dir, tmp_path / 'whole', epochs=5, patience=10)
@@ -115,10 +116,12 @@ def test_workdir_is_never_overwritten(finished_run):
     train.train_and_evaluate(config, TorchOptions(device='cpu', amp='O1'))
 
 
+@pytest.mark.amp
 def test_bf16_amp_on_cpu_trains_and_stays_finite(small_data_dir, tmp_path):
   config = small_config(small_data_dir, tmp_path / 'amp', epochs=6, patience=10)
   record = train.train_and_evaluate(config, TorchOptions(device='cpu', amp='O1'))
-  assert record['device'] == 'cpu, amp O1 (native, bfloat16, loss scale none)'
+  # ', LSTM in float32)' follows where this CPU's oneDNN has no bf16 LSTM.
+  assert record['device'].startswith('cpu, amp O1 (native, bfloat16, loss scale none')
   history = records.read_metrics(config.workdir)
   assert all(math.isfinite(r['train_loss']) and math.isfinite(r['valid_loss']) for r in history)
   assert history[-1]['train_loss'] < history[0]['train_loss']
