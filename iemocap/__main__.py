@@ -1,6 +1,7 @@
 """`python -m iemocap {info,synth,convert}`: inspect, generate or convert IEMOCAP data files."""
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -14,7 +15,10 @@ def split_info(split):
   return {'n': split.n, 'audio_dim': int(split.audio.shape[1]),
           'visual_dim': int(split.visual.shape[1]), 'text_shape': list(split.text.shape[1:]),
           'positive_rate': round(split.positive_rate, 4),
-          'nonfinite_replaced': split.nonfinite_replaced}
+          'nonfinite_replaced': split.nonfinite_replaced,
+          'replaced': {key: dataclasses.asdict(counts) for key, counts in
+                       (('covarep', split.audio_replaced), ('facet', split.visual_replaced))},
+          'replaced_text': split.replaced_text()}
 
 
 def info(path, emotion=None):
@@ -40,7 +44,31 @@ def _print_info(reports):
     for split, row in report['splits'].items():
       print(f'  {split:5s}  n={row["n"]:5d}  audio={row["audio_dim"]}  visual={row["visual_dim"]}  '
             f'text={tuple(row["text_shape"])}  positive={100 * row["positive_rate"]:.1f}%  '
-            f'nonfinite_replaced={row["nonfinite_replaced"]}')
+            f'{row["replaced_text"]}')
+
+
+def convert(path, out=None, overwrite=False):
+  """Writes the pickle's npz copy (validated first, as `load` validates); returns its path."""
+  source = path
+  if os.path.isdir(source):
+    source = os.path.join(source, data_lib.PICKLE_NAME)
+  source = data_lib.resolve_path(source)
+  if source.endswith('.npz'):
+    raise data_lib.DataError(f'{source} is already an npz: pass the pickle')
+  out = out or os.path.join(os.path.dirname(os.path.abspath(source)), data_lib.NPZ_NAME)
+  if not out.endswith('.npz'):
+    raise data_lib.DataError(f'--out {out} must end in .npz')
+  marker = synthetic.describe(source)  # a damaged marker stops here, before anything is written
+  data_lib.write_npz(data_lib.read_raw(source), out, source, overwrite)
+  try:
+    if marker is None:
+      synthetic.unmark(out)  # a marker of an earlier synthetic npz there would describe this one
+    else:
+      synthetic.mark(out, marker)
+  except OSError as e:
+    raise data_lib.DataError(f'wrote {out} but could not update its synthetic-data marker '
+                             f'({e.strerror or e}): delete {out} and convert again') from None
+  return out
 
 
 def _sizes(text):
@@ -72,6 +100,8 @@ def main(argv=None):
   p_convert = commands.add_parser('convert', help='convert iemocap.pkl to a safe, fast iemocap.npz')
   p_convert.add_argument('path', help='iemocap.pkl or the directory holding it')
   p_convert.add_argument('--out', help='output .npz (default: iemocap.npz beside the input)')
+  p_convert.add_argument('--overwrite', action='store_true',
+                         help='replace an existing output .npz (refused otherwise)')
   args = parser.parse_args(argv)
   try:
     if args.command == 'info':
@@ -84,20 +114,7 @@ def main(argv=None):
       path = synthetic.write(args.out, args.seed, args.sizes, args.overwrite)
       print(f'wrote {path} (synthetic, seed {args.seed}, sizes {",".join(map(str, args.sizes))})')
     else:
-      source = args.path
-      if os.path.isdir(source):
-        source = os.path.join(source, data_lib.PICKLE_NAME)
-      source = data_lib.resolve_path(source)
-      if source.endswith('.npz'):
-        raise data_lib.DataError(f'{source} is already an npz: pass the pickle')
-      out = args.out or os.path.join(os.path.dirname(os.path.abspath(source)), data_lib.NPZ_NAME)
-      if not out.endswith('.npz'):
-        raise data_lib.DataError(f'--out {out} must end in .npz')
-      data_lib.write_npz(data_lib.read_raw(source), out)
-      marker = synthetic.describe(source)
-      if marker is not None:
-        synthetic.mark(out, marker)
-      print(f'wrote {out}')
+      print(f'wrote {convert(args.path, args.out, args.overwrite)}')
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -7,7 +7,9 @@ the problem and what to do about it; the command lines print it and exit 2.
 import dataclasses
 import os
 import pickle
+import warnings
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -48,17 +50,40 @@ def normalize_emotion(spelling):
 
 
 @dataclasses.dataclass(frozen=True)
+class Replaced:
+  """NaN and +-inf values zeroed in one modality at load, kept so runs can report them."""
+  nan: int = 0
+  inf: int = 0  # values beyond float32's range count here: float32 holds them as inf
+
+  @property
+  def total(self):
+    return self.nan + self.inf
+
+  def __str__(self):
+    return f'{self.nan} NaN and {self.inf} inf' if self.total else '0'
+
+
+@dataclasses.dataclass(frozen=True)
 class Split:
   """One split of one emotion task, cleaned: float32 features and int64 class ids."""
   audio: np.ndarray  # (N, 74) COVAREP
   visual: np.ndarray  # (N, 35) FACET
   text: np.ndarray  # (N, T, 300) GloVe
   label: np.ndarray  # (N,) 1 = the emotion is present
-  nonfinite_replaced: int = 0
+  audio_replaced: Replaced = Replaced()
+  visual_replaced: Replaced = Replaced()
 
   @property
   def n(self):
     return int(self.label.shape[0])
+
+  @property
+  def nonfinite_replaced(self):
+    return self.audio_replaced.total + self.visual_replaced.total
+
+  def replaced_text(self):
+    """`replaced 12 NaN and 3 inf in covarep, 0 in facet`: what load zeroed in this split."""
+    return f'replaced {self.audio_replaced} in covarep, {self.visual_replaced} in facet'
 
   @property
   def positive_rate(self):
@@ -91,6 +116,11 @@ class Dataset:
     """(audio, visual, text) feature sizes, the model's input dimensions."""
     return (self.train.audio.shape[1], self.train.visual.shape[1], self.train.text.shape[2])
 
+  def replaced_lines(self):
+    """One log line per split (train, valid, test) saying how many non-finite feature values
+    load zeroed, e.g. `sad/train: replaced 12 NaN and 3 inf in covarep, 0 in facet`."""
+    return [f'{self.emotion}/{name}: {self.split(name).replaced_text()}' for name in SPLITS]
+
 
 def resolve_path(path):
   """The data file for `path`: the file itself, or `iemocap.npz`/`iemocap.pkl` in a directory."""
@@ -100,19 +130,29 @@ def resolve_path(path):
       candidate = os.path.join(path, name)
       if os.path.isfile(candidate):
         return candidate
+      if os.path.lexists(candidate):
+        raise DataError(f'{candidate} is not a regular file (a directory or a broken link): '
+                        'pass the data file itself')
     raise DataError(f'no {PICKLE_NAME} or {NPZ_NAME} in directory {path}: '
                     'pass the file itself or the directory holding it')
   if not os.path.exists(path):
     raise DataError(f'data file {path} does not exist: pass the path of {PICKLE_NAME} '
+                    'or of the directory holding it')
+  if not os.path.isfile(path):
+    # A FIFO or a device would block the read or never end it.
+    raise DataError(f'{path} is not a regular file: pass the path of {PICKLE_NAME} '
                     'or of the directory holding it')
   return path
 
 
 def _key(mapping, name, what, where):
   """mapping[name] where keys may be str or bytes (the Python-2 file gives either)."""
-  for key in (name, name.encode('latin1')):
-    if key in mapping:
-      return mapping[key]
+  found = [key for key in (name, name.encode('latin1')) if key in mapping]
+  if len(found) == 2:
+    raise DataError(f'{what} {name!r} is stored twice{where}, under a str and a bytes key: '
+                    'keep one of them')
+  if found:
+    return mapping[found[0]]
   have = sorted(k.decode('latin1') if isinstance(k, bytes) else str(k) for k in mapping)
   raise DataError(f'{what} {name!r} missing{where}; the file has: {", ".join(have) or "nothing"}')
 
@@ -125,12 +165,17 @@ def read_raw(path):
   try:
     with open(path, 'rb') as f:
       raw = pickle_io.restricted_load(f)
+  except OSError as e:
+    raise DataError(f'cannot read {path} ({e.strerror or e}): check the path and its '
+                    'permissions') from None
   except pickle_io.UnsafePickleError as e:
     raise DataError(f'{path}: {e}') from None
   except EOFError:
+    if os.path.getsize(path) == 0:
+      raise DataError(f'{path} is empty: download or convert it again') from None
     raise DataError(f'{path} is truncated (the pickle ends early): download or convert it again') from None
   except (pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-          UnicodeDecodeError, OverflowError, MemoryError) as e:
+          UnicodeDecodeError, OverflowError, MemoryError, RecursionError) as e:
     raise DataError(f'{path} is not a readable IEMOCAP pickle ({type(e).__name__}: '
                     f'{str(e).splitlines()[0] if str(e) else "corrupt data"}): '
                     'pass the processed iemocap.pkl of the 2018 code') from None
@@ -139,14 +184,26 @@ def read_raw(path):
   return raw
 
 
+_NPZ_FIX = 'convert the pickle again with `python -m iemocap convert --overwrite`'
+# Deflate cannot expand data more than 1032-fold: a member that claims more is lying.
+_DEFLATE_MAX_RATIO = 1032
+
+
 def _read_npz(path):
   """Rebuilds the nested layout from `write_npz`'s flat names."""
   try:
-    with np.load(path, allow_pickle=False) as npz:
-      flat = {name: npz[name] for name in npz.files}
-  except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-    raise DataError(f'{path} is not a readable npz ({e}): convert the pickle again '
-                    'with `python -m iemocap convert`') from None
+    archive = zipfile.ZipFile(path)
+  except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+          NotImplementedError) as e:
+    raise DataError(f'{path} is not a readable npz (zip) archive ({e}): {_NPZ_FIX}') from None
+  flat = {}
+  with archive:
+    archive_size = os.path.getsize(path)
+    for info in archive.infolist():
+      if not info.filename.endswith('.npy'):
+        raise DataError(f'{path}: member {info.filename} is not a .npy array: {_NPZ_FIX}')
+      flat[info.filename[:-4]] = _read_member(archive, info, archive_size,
+                                              f'{path}: member {info.filename}')
   shared = {}
   raw = {}
   for name, array in flat.items():
@@ -156,7 +213,7 @@ def _read_npz(path):
     elif len(parts) == 3:  # emotion/split/modality
       raw.setdefault(parts[0], {}).setdefault(parts[1], {})[parts[2]] = array
     else:
-      raise DataError(f'{path}: unexpected array name {name!r}: convert the pickle again')
+      raise DataError(f'{path}: unexpected array name {name!r}: {_NPZ_FIX}')
   for splits in raw.values():
     for split, modalities in splits.items():
       for modality, array in shared.get(split, {}).items():
@@ -164,12 +221,62 @@ def _read_npz(path):
   return raw
 
 
+def _read_member(archive, info, archive_size, where):
+  """One .npy member, its header checked against the bytes the archive holds first.
+
+  numpy allocates the shape a header declares before reading a byte, so a corrupt header in a
+  small file would otherwise end in a MemoryError (or in swapping).
+  """
+  if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+    raise DataError(f'{where} uses zip compression method {info.compress_type}, not stored or '
+                    f'deflated as numpy writes: {_NPZ_FIX}')
+  ratio = 1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO
+  holds = min(info.file_size, ratio * min(info.compress_size, archive_size - info.header_offset))
+  try:
+    with archive.open(info) as member:
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # a Python-2 header warns, and reads the same
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+          shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+          shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+          raise DataError(f'{where} is .npy format {version[0]}.{version[1]}, which numpy writes '
+                          f'only for unusual dtypes: {_NPZ_FIX}')
+      data_bytes = holds - member.tell()
+    if dtype.hasobject:
+      raise DataError(f'{where} holds Python objects (dtype {dtype}), which only unpickling '
+                      f'could read: {_NPZ_FIX}')
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared != data_bytes:
+      only = 'only ' if declared > data_bytes else ''
+      raise DataError(f'{where} declares shape {shape} of {dtype} ({declared} bytes) but the file '
+                      f'holds {only}{max(data_bytes, 0)} bytes for it: the file is corrupt or '
+                      f'truncated: {_NPZ_FIX}')
+    with archive.open(info) as member:
+      return np.lib.format.read_array(member, allow_pickle=False)
+  except DataError:
+    raise
+  except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+          MemoryError) as e:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise DataError(f'{where} is unreadable ({reason}): the file is corrupt or truncated: '
+                    f'{_NPZ_FIX}') from None
+
+
 def emotions_in(raw):
   return [e for e in EMOTIONS if e in raw or e.encode() in raw]
 
 
 def _labels(array, where):
-  """Class ids from a one-hot (N, 2) or binary (N,) label array."""
+  """Class ids from a numeric one-hot (N, 2) or binary (N,) label array."""
+  if not isinstance(array, np.ndarray):
+    raise DataError(f'label{where} is {type(array).__name__}, not an array: expected a numeric '
+                    'one-hot (N, 2) array or (N,) class ids 0/1')
+  if array.dtype.kind not in 'biuf':
+    raise DataError(f'label{where} has dtype {array.dtype}: expected a numeric one-hot (N, 2) '
+                    'array or (N,) class ids 0/1 (re-create the labels as numbers)')
   if array.ndim == 2 and array.shape[1] == 2:
     finite = np.isfinite(array).all()
     if not finite or not np.isin(array, (0, 1)).all() or not (array.sum(axis=1) == 1).all():
@@ -181,6 +288,22 @@ def _labels(array, where):
       raise DataError(f'label{where} is not binary: class ids must be 0 or 1')
     return flat.astype(np.int64)
   raise DataError(f'label{where} has shape {array.shape}: expected (N, 2) one-hot or (N,) class ids')
+
+
+def _check_both_classes(label, where):
+  """Refuses a split whose labels hold one class; train, valid and test alike.
+
+  Train: there is nothing to learn. Test: weighted F1 on one class is perfect for predicting
+  it everywhere and says nothing about the model. Valid: it chooses the best epoch by F1, so it
+  would choose the model that predicts that class everywhere; a warning would let the run go on
+  and report that choice, so valid is refused like the others.
+  """
+  classes = np.unique(label)
+  if classes.size == 1:
+    present = int(classes[0])
+    raise DataError(f'label{where} holds one class only: all {label.size} samples are class '
+                    f'{present} (emotion {"present" if present else "absent"}); every split needs '
+                    'both classes to train or to score F1: fix the file or its split')
 
 
 def _features(array, name, expect_tail, where):
@@ -195,7 +318,8 @@ def _features(array, name, expect_tail, where):
   for axis, want in enumerate(expect_tail, start=1):
     if want is not None and array.shape[axis] != want:
       raise DataError(f'{name}{where} has shape {array.shape}: dimension {axis} should be {want}')
-  return np.asarray(array, dtype=np.float32)
+  with np.errstate(over='ignore'):  # beyond float32's range becomes inf, zeroed and counted
+    return np.asarray(array, dtype=np.float32)
 
 
 def build_split(modalities, where):
@@ -206,7 +330,7 @@ def build_split(modalities, where):
   audio = _features(arrays['audio'], 'covarep (audio)', (AUDIO_DIM,), where)
   visual = _features(arrays['visual'], 'facet (visual)', (VISUAL_DIM,), where)
   text = _features(arrays['text'], 'glove (text)', (None, TEXT_DIM), where)
-  label = _labels(np.asarray(arrays['label']), where)
+  label = _labels(arrays['label'], where)
   sizes = {'covarep': audio.shape[0], 'facet': visual.shape[0], 'glove': text.shape[0],
            'label': label.shape[0]}
   if len(set(sizes.values())) != 1:
@@ -214,21 +338,24 @@ def build_split(modalities, where):
                     f'({", ".join(f"{k} {v}" for k, v in sizes.items())}): the file is inconsistent')
   if label.shape[0] == 0:
     raise DataError(f'split{where} is empty: every split needs samples')
+  if text.shape[1] == 0:
+    raise DataError(f'glove (text){where} has 0 time steps (shape {text.shape}): every utterance '
+                    'needs at least one word vector')
+  _check_both_classes(label, where)
   if not np.isfinite(text).all():
     bad = int(np.size(text) - np.isfinite(text).sum())
     raise DataError(f'glove (text){where} has {bad} NaN/inf values; GloVe vectors are finite '
                     'in a sound file: re-create or re-download it')
-  replaced = 0
   cleaned = []
   for features in (audio, visual):
-    bad = ~np.isfinite(features)
-    count = int(bad.sum())
-    if count:
-      features = np.where(bad, np.float32(0), features)
-    replaced += count
-    cleaned.append(features)
-  return Split(audio=cleaned[0], visual=cleaned[1], text=text, label=label,
-               nonfinite_replaced=replaced)
+    nan, inf = np.isnan(features), np.isinf(features)
+    replaced = Replaced(nan=int(nan.sum()), inf=int(inf.sum()))
+    if replaced.total:
+      features = np.where(nan | inf, np.float32(0), features)
+    cleaned.append((features, replaced))
+  (audio, audio_replaced), (visual, visual_replaced) = cleaned
+  return Split(audio=audio, visual=visual, text=text, label=label,
+               audio_replaced=audio_replaced, visual_replaced=visual_replaced)
 
 
 def build_dataset(raw, emotion, path):
@@ -258,29 +385,51 @@ def load(path, emotion):
   return build_dataset(read_raw(path), emotion, path)
 
 
-def write_npz(raw, out_path):
+def write_npz(raw, out_path, source='the data', overwrite=False):
   """Writes a safe `.npz` copy of a raw file: features shared across emotions are stored once.
+
+  Every emotion in `raw` is validated as `load` validates it before anything is written, so
+  no npz exists that `load` would refuse. An existing `out_path` is kept unless `overwrite`,
+  as `synth` keeps an existing iemocap.pkl.
 
   Names are `split/modality` for features identical in every emotion and
   `emotion/split/modality` for labels and any features that differ.
   """
-  flat = {}
+  out_path = os.fspath(out_path)
+  if os.path.lexists(out_path) and not overwrite:
+    raise DataError(f'{out_path} exists: choose another --out, or pass --overwrite to replace it')
   emotions = emotions_in(raw)
   if not emotions:
-    raise DataError('nothing to convert: the file holds none of ' + ', '.join(EMOTIONS))
+    raise DataError(f'nothing to convert: {source} holds none of ' + ', '.join(EMOTIONS))
+  for emotion in emotions:
+    build_dataset(raw, emotion, source)
+  flat = {}
   for emotion in emotions:
     tasks = _key(raw, emotion, 'emotion', '')
     for split in SPLITS:
       modalities = _key(tasks, split, 'split', f' for {emotion}')
       for name, key in FILE_KEYS.items():
-        array = np.asarray(_key(modalities, key, 'modality', f' ({emotion}/{split})'))
+        array = _key(modalities, key, 'modality', f' ({emotion}/{split})')
         if name == 'label':
           flat[f'{emotion}/{split}/{key}'] = array
           continue
-        array = array.astype(np.float32)
+        with np.errstate(over='ignore'):  # as load casts: inf, zeroed and counted at load
+          array = array.astype(np.float32)
         shared = f'{split}/{key}'
         if shared not in flat:
           flat[shared] = array
         elif not np.array_equal(flat[shared], array, equal_nan=True):
           flat[f'{emotion}/{split}/{key}'] = array
-  files.atomic_write(out_path, lambda f: np.savez(f, **flat))
+  try:
+    files.atomic_write(out_path, lambda f: np.savez(f, **flat))
+  except OSError as e:
+    raise write_error(out_path, e, 'choose another --out') from None
+
+
+def write_error(path, error, fix):
+  """The one-line DataError for an OSError met writing `path`."""
+  if isinstance(error, (FileExistsError, NotADirectoryError)):  # os.makedirs met a file
+    reason = 'a part of its directory is a file'
+  else:
+    reason = error.strerror or str(error)
+  return DataError(f'cannot write {path} ({reason}): {fix}')

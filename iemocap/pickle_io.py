@@ -12,6 +12,7 @@ synthetic data and the tests exercise the path the real file takes.
 import io
 import pickle
 import struct
+import warnings
 
 import numpy as np
 
@@ -20,17 +21,48 @@ class UnsafePickleError(pickle.UnpicklingError):
   """The file names a global outside the numpy allow-list."""
 
 
+class _NdarrayType:
+  """What a file's `numpy.ndarray` global becomes: only `_reconstruct` accepts it.
+
+  Handing out the real class would let a file call `ndarray(shape)` (or
+  `_reconstruct` with a large shape) and reserve gigabytes that it never has
+  to store; the loader would then touch them all while converting to float32.
+  """
+
+  def __call__(self, *args, **kwargs):
+    raise UnsafePickleError('refusing to call numpy.ndarray: a data file stores array bytes, '
+                            'not an allocation')
+
+  def __repr__(self):
+    return 'numpy.ndarray'
+
+
+_NDARRAY = _NdarrayType()
+
+
+def _reconstruct(subtype, shape, dtype):
+  """numpy's `_reconstruct`, for the empty array that BUILD then fills from the file's bytes."""
+  if subtype is not _NDARRAY:
+    raise UnsafePickleError(f'refusing _reconstruct of {subtype!r}: only plain numpy arrays '
+                            'are allowed')
+  if not isinstance(shape, tuple) or not all(isinstance(d, int) for d in shape) or 0 not in shape:
+    raise UnsafePickleError(f'refusing _reconstruct with shape {shape!r}: numpy pickles an '
+                            'empty array and fills it from the data that follows')
+  multiarray = np._core.multiarray  # pylint: disable=protected-access
+  return multiarray._reconstruct(np.ndarray, shape, dtype)
+
+
 def _allowed_globals():
   # numpy >= 2 moved `numpy.core` to `numpy._core`; files name either, and the
   # old name is mapped without importing the deprecated shim.
   multiarray = np._core.multiarray  # pylint: disable=protected-access
   numeric = np._core.numeric  # pylint: disable=protected-access
   table = {
-      ('numpy', 'ndarray'): np.ndarray,
+      ('numpy', 'ndarray'): _NDARRAY,
       ('numpy', 'dtype'): np.dtype,
   }
   for package in ('numpy.core', 'numpy._core'):
-    table[(f'{package}.multiarray', '_reconstruct')] = multiarray._reconstruct
+    table[(f'{package}.multiarray', '_reconstruct')] = _reconstruct
     table[(f'{package}.multiarray', 'scalar')] = multiarray.scalar
     table[(f'{package}.numeric', '_frombuffer')] = numeric._frombuffer
   # Python 3 protocol-2 pickles spell bytes as _codecs.encode(str, 'latin1').
@@ -64,8 +96,12 @@ def restricted_load(file):
 
   `encoding='latin1'` is what numpy documents for Python-2 array pickles; it
   turns Python-2 str keys into str, while Python-3 bytes keys stay bytes.
+  numpy's warnings are silenced: a damaged file makes `dtype` warn about odd
+  arguments before it fails, and the user should see one line, the error.
   """
-  return _RestrictedUnpickler(file, encoding='latin1').load()
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    return _RestrictedUnpickler(file, encoding='latin1').load()
 
 
 class _Py2Writer:

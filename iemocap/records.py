@@ -15,6 +15,8 @@ import math
 import os
 import socket
 
+from absl import logging
+
 from iemocap import data as data_lib
 from iemocap import synthetic
 from iemocap.errors import DataError, RunError
@@ -51,7 +53,15 @@ RESULT_KEYS = ('emotion', 'backend', 'f1', 'accuracy', 'test_loss', 'best_valid_
 
 
 def open_dataset(config):
-  """(Dataset, is_synthetic, a log line saying where the data came from)."""
+  """(Dataset, is_synthetic, a log line saying where the data came from); logs how many
+  non-finite feature values each split had replaced."""
+  dataset, is_synthetic, note = _open_dataset(config)
+  for line in dataset.replaced_lines():
+    logging.info('non-finite features set to 0: %s', line)
+  return dataset, is_synthetic, note
+
+
+def _open_dataset(config):
   if config.data_path:
     dataset = data_lib.load(config.data_path, config.emotion)
     synthetic_record = synthetic.describe(dataset.path)

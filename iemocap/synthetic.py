@@ -32,7 +32,9 @@ from iemocap import data as data_lib
 from iemocap import pickle_io
 from iemocap import files
 
-VERSION = 1  # bump whenever the bytes for a given seed change
+# Bump whenever the bytes for a given seed and sizes change, for any set the loader accepts
+# (sets it refuses, with a one-class split, may change: see _emotion_labels).
+VERSION = 1
 DEFAULT_SIZES = (2717, 798, 938)  # the released CMU split
 DEFAULT_SEED = 0
 POSITIVE_RATES = {'happy': 0.15, 'sad': 0.22, 'angry': 0.25, 'neutral': 0.38}
@@ -47,6 +49,9 @@ LABEL_NOISE = 0.6
 TEXT_SIGNAL = 0.22
 NAN_RATE = 4e-4
 MARKER_SUFFIX = '.synthetic.json'
+GENERATOR = 'iemocap.synthetic'
+# A marker record's fields and types; bool is refused where int is asked (JSON true is no seed).
+MARKER_FIELDS = {'generator': str, 'version': int, 'seed': int, 'sizes': list, 'bytes': int}
 INF_RATE = 1e-4
 
 
@@ -80,8 +85,13 @@ def _text(rng, z_text, n):
   return text.astype(np.float32)
 
 
-def _emotion_labels(rng, z, n):
-  """{emotion: 0/1 per utterance}: a trimodal score per emotion, thresholded at its rate."""
+def _emotion_labels(rng, z, n, bounds):
+  """{emotion: 0/1 per utterance}: a trimodal score per emotion, thresholded at its rate.
+
+  The loader refuses a split with one class, which small sets can draw (happy's 15% of 4
+  samples); there the best-scored negative (or worst-scored positive) changes class. It draws
+  no random numbers, so a set whose splits all hold both classes keeps its bytes.
+  """
   labels = {}
   for emotion, rate in POSITIVE_RATES.items():
     projections = []
@@ -93,6 +103,11 @@ def _emotion_labels(rng, z, n):
     score = (w['text'] * s_t + w['audio'] * s_a + w['visual'] * s_v + w['audio*text'] * s_a * s_t
              + w['audio*visual*text'] * s_a * s_v * s_t + LABEL_NOISE * rng.normal(size=n))
     labels[emotion] = (score > np.quantile(score, 1.0 - rate)).astype(int)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+      part = labels[emotion][start:stop]
+      if part.min() == part.max():
+        pick = np.argmax(score[start:stop]) if part[0] == 0 else np.argmin(score[start:stop])
+        part[pick] = 1 - part[0]
   return labels
 
 
@@ -108,8 +123,8 @@ def generate(seed=DEFAULT_SEED, sizes=DEFAULT_SIZES):
   _sprinkle_nonfinite(rng, audio, NAN_RATE, INF_RATE)
   _sprinkle_nonfinite(rng, visual, NAN_RATE / 4, 0.0)
   text = _text(rng, z[2], n)
-  labels = _emotion_labels(rng, z, n)
   bounds = np.cumsum((0,) + tuple(sizes))
+  labels = _emotion_labels(rng, z, n, bounds)
   raw = {}
   features = {}
   for index, split in enumerate(data_lib.SPLITS):
@@ -137,9 +152,12 @@ def write(out_dir, seed=DEFAULT_SEED, sizes=DEFAULT_SIZES, overwrite=False):
     raise data_lib.DataError(f'{path} exists (the real data, perhaps): choose another --out, '
                              'or pass --overwrite to replace it')
   blob = pickle_io.py2_dumps(generate(seed, sizes))
-  files.atomic_write(path, lambda f: f.write(blob))
-  mark(path, {'generator': 'iemocap.synthetic', 'version': VERSION, 'seed': seed,
-              'sizes': list(sizes)})
+  try:
+    files.atomic_write(path, lambda f: f.write(blob))
+    mark(path, {'generator': GENERATOR, 'version': VERSION, 'seed': seed, 'sizes': list(sizes)})
+  except OSError as e:
+    raise data_lib.write_error(path, e, 'choose a writable directory (--out, or $LMF_CACHE_DIR '
+                               'for the default set)') from None
   return path
 
 
@@ -153,13 +171,37 @@ def mark(data_file, record):
   files.write_json(_marker(data_file), {**record, 'bytes': os.path.getsize(data_file)})
 
 
+def unmark(data_file):
+  """Removes a marker left beside `data_file` by an earlier synthetic file of that name."""
+  if os.path.lexists(_marker(data_file)):
+    os.unlink(_marker(data_file))
+
+
 def describe(data_file):
-  """The synthetic set's marker record, or None for any other file (real data)."""
+  """The synthetic set's marker record, or None for any other file (real data).
+
+  A marker that exists but is damaged (not JSON, wrong fields or types) is a DataError, not
+  "real data": the marker is what keeps a synthetic F1 from being reported as the paper's, so
+  a damaged one is not guessed at either way. The message says how to settle it.
+  """
   marker = _marker(data_file)
-  if not os.path.exists(marker):
+  if not os.path.lexists(marker):
     return None
-  record = files.read_json(marker)
-  return record if record.get('bytes') == os.path.getsize(data_file) else None
+  fix = (f'delete it if {os.fspath(data_file)} is real data, or write the synthetic set again '
+         'with `python -m iemocap synth --overwrite`')
+  try:
+    record = files.read_json(marker)
+  except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+    reason = (e.strerror if isinstance(e, OSError) else str(e).splitlines()[0]) or type(e).__name__
+    raise data_lib.DataError(f'synthetic-data marker {marker} is unreadable ({reason}): '
+                             f'{fix}') from None
+  if not isinstance(record, dict) or record.get('generator') != GENERATOR or any(
+      not isinstance(record.get(k), t) or isinstance(record.get(k), bool)
+      for k, t in MARKER_FIELDS.items()):
+    expected = ', '.join(f'{k} ({t.__name__})' for k, t in MARKER_FIELDS.items())
+    raise data_lib.DataError(f'synthetic-data marker {marker} is not a marker record (expected '
+                             f'fields {expected}): {fix}')
+  return record if record['bytes'] == os.path.getsize(data_file) else None
 
 
 def cache_dir():
@@ -171,9 +213,14 @@ def cache_dir():
 
 
 def default_path(seed=DEFAULT_SEED):
-  """The cached default synthetic file, generated on first use (or if its marker is missing)."""
+  """The cached default synthetic file, generated on first use or if its marker is missing or
+  damaged."""
   directory = os.path.join(cache_dir(), f'synthetic-v{VERSION}-seed{seed}')
   path = os.path.join(directory, data_lib.PICKLE_NAME)
-  if not os.path.exists(path) or describe(path) is None:
+  try:
+    current = os.path.exists(path) and describe(path) is not None
+  except data_lib.DataError:
+    current = False  # the cache is ours: a damaged marker means generate again
+  if not current:
     write(directory, seed, overwrite=True)
   return path

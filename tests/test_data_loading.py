@@ -1,11 +1,15 @@
 """Loading the 2018 iemocap.pkl: Python-2 format, safety, validation, scrubbing, npz."""
 
 import io
+import json
 import os
 import pickle
 import pickletools
+import re
 import subprocess
 import sys
+import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -16,7 +20,8 @@ from iemocap import pickle_io
 
 
 def _split(n, rng, label_rows=None):
-  label = label_rows if label_rows is not None else np.eye(2)[rng.integers(0, 2, n)]
+  # Both classes in every split of 2 or more: the loader refuses one.
+  label = label_rows if label_rows is not None else np.eye(2)[rng.permutation(np.arange(n) % 2)]
   return {'covarep': rng.normal(size=(n, 74)), 'facet': rng.normal(size=(n, 35)),
           'glove': rng.normal(size=(n, 20, 300)).astype(np.float32), 'label': label}
 
@@ -147,6 +152,11 @@ def test_hostile_pickle_in_python2_opcodes_is_refused(tmp_path):
      r'glove \(text\) \(sad/train\) has 1 NaN/inf values'),
     (lambda r: r['sad']['train'].__setitem__('covarep', np.array([b'x'] * 6)),
      r'covarep \(audio\) \(sad/train\) is |S1, not a real-valued numeric array'),
+    (lambda r: r['sad']['train'].__setitem__('label', [[1, 0], [0, 1]] * 3),
+     r'label \(sad/train\) is list, not an array: expected a numeric one-hot \(N, 2\)'),
+    (lambda r: [r['sad'][s].__setitem__('glove', np.zeros((n, 0, 300), np.float32))
+                for s, n in (('train', 6), ('valid', 4), ('test', 4))],
+     r'glove \(text\) \(sad/train\) has 0 time steps'),
 ])
 def test_validation_errors_are_one_clear_line(tmp_path, mutate, message):
   raw = _raw()
@@ -169,6 +179,10 @@ def test_missing_truncated_and_non_pickle_files(tmp_path):
   truncated.write_bytes(blob[:len(blob) // 2])
   with pytest.raises(iemocap.DataError, match='truncated'):
     iemocap.load(str(truncated), 'sad')
+  empty = tmp_path / 'empty.pkl'
+  empty.write_bytes(b'')
+  with pytest.raises(iemocap.DataError, match='empty.pkl is empty'):
+    iemocap.load(str(empty), 'sad')
   text = tmp_path / 'notes.pkl'
   text.write_text('this is not a pickle\n')
   with pytest.raises(iemocap.DataError, match='not a readable IEMOCAP pickle'):
@@ -187,7 +201,7 @@ def test_unknown_emotion_and_split(tmp_path):
     iemocap.load(path, 'sad').split('dev')
 
 
-def test_nan_and_inf_in_audio_and_visual_are_zeroed_and_counted(tmp_path):
+def test_nan_and_inf_in_audio_and_visual_are_zeroed_and_counted_per_modality(tmp_path):
   raw = _raw()
   train = dict(raw['sad']['train'])
   covarep = train['covarep'].copy()
@@ -196,8 +210,15 @@ def test_nan_and_inf_in_audio_and_visual_are_zeroed_and_counted(tmp_path):
   facet[3, 3] = np.nan
   train.update(covarep=covarep, facet=facet)
   raw['sad'] = dict(raw['sad'], train=train)
-  split = iemocap.load(_write(tmp_path, raw), 'sad').train
+  dataset = iemocap.load(_write(tmp_path, raw), 'sad')
+  split = dataset.train
   assert split.nonfinite_replaced == 4
+  assert split.audio_replaced == data_lib.Replaced(nan=1, inf=2)
+  assert split.visual_replaced == data_lib.Replaced(nan=1, inf=0)
+  assert dataset.replaced_lines() == [
+      'sad/train: replaced 1 NaN and 2 inf in covarep, 1 NaN and 0 inf in facet',
+      'sad/valid: replaced 0 in covarep, 0 in facet',
+      'sad/test: replaced 0 in covarep, 0 in facet']
   assert np.isfinite(split.audio).all() and np.isfinite(split.visual).all()
   assert split.audio[0, 0] == 0 and split.audio[1, 5] == 0 and split.audio[2, 7] == 0
   assert split.visual[3, 3] == 0
@@ -228,13 +249,21 @@ def test_npz_conversion_round_trip_and_dedup(tmp_path):
 def test_npz_never_unpickles(tmp_path):
   path = tmp_path / 'iemocap.npz'
   np.savez(path, **{'train/covarep': np.array([_RunsCommand('true')], dtype=object)})
-  with pytest.raises(iemocap.DataError, match='not a readable npz'):
+  with pytest.raises(iemocap.DataError, match=r'member train/covarep\.npy holds Python objects'):
     iemocap.load(str(path), 'sad')
 
 
-def _cli(*args):
+def _cli(*args, timeout=None):
   return subprocess.run([sys.executable, '-m', 'iemocap', *args], capture_output=True,
-                        text=True, check=False)
+                        text=True, check=False, timeout=timeout)
+
+
+def _refused(result, *fragments):
+  """The command failed as every command should: exit 2, one `error:` line naming the problem."""
+  assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+  assert result.stderr.startswith('error: ') and result.stderr.count('\n') == 1, result.stderr
+  for fragment in fragments:
+    assert fragment in result.stderr, (fragment, result.stderr)
 
 
 def test_info_command_json(small_data_dir):
@@ -249,6 +278,12 @@ def test_info_command_json(small_data_dir):
   dataset = iemocap.load(small_data_dir, 'sad')
   assert train['positive_rate'] == round(dataset.train.positive_rate, 4)
   assert train['nonfinite_replaced'] == dataset.train.nonfinite_replaced
+  assert train['replaced']['covarep'] == {'nan': dataset.train.audio_replaced.nan,
+                                          'inf': dataset.train.audio_replaced.inf}
+  assert train['replaced_text'] == dataset.train.replaced_text()
+  text = _cli('info', small_data_dir, '--emotion', 'sad').stdout
+  for line in dataset.replaced_lines():
+    assert line.split(': ', 1)[1] in text
   everything = json.loads(_cli('info', small_data_dir, '--json').stdout)
   assert [r['emotion'] for r in everything] == list(iemocap.EMOTIONS)
 
@@ -272,3 +307,199 @@ def test_convert_command_writes_npz_beside_the_pickle(tmp_path):
   assert (tmp_path / 'iemocap.npz').exists()
   info = _cli('info', str(tmp_path / 'iemocap.npz'), '--emotion', 'happy', '--json')
   assert '"synthetic": true' in info.stdout
+
+
+def _with_label(label, split='train'):
+  raw = _raw()
+  raw['sad'] = dict(raw['sad'], **{split: dict(raw['sad'][split], label=label)})
+  return raw
+
+
+@pytest.mark.parametrize('label, dtype', [
+    (np.eye(2)[[0, 1, 0, 1, 0, 1]].astype(object), 'object'),
+    (np.array([['1', '0'], ['0', '1']] * 3), '<U1'),
+    (np.array([b'1', b'0'] * 3), '|S1'),
+])
+def test_label_arrays_of_object_or_string_dtype_are_refused(tmp_path, label, dtype):
+  path = tmp_path / 'iemocap.pkl'
+  path.write_bytes(pickle.dumps(_with_label(label), protocol=2))  # py2_dumps refuses objects
+  message = (rf'label \(sad/train\) has dtype {re.escape(dtype)}: expected a numeric one-hot '
+             r'\(N, 2\) array')
+  with pytest.raises(iemocap.DataError, match=message):
+    iemocap.load(str(path), 'sad')
+  _refused(_cli('info', str(path)), f'has dtype {dtype}')
+
+
+def test_string_labels_in_an_npz_are_refused(tmp_path):
+  path = tmp_path / 'iemocap.npz'
+  flat = {f'sad/{s}/{k}': a for s, m in _raw()['sad'].items() for k, a in m.items()}
+  flat['sad/test/label'] = np.array([['0', '1'], ['1', '0']] * 2)
+  np.savez(path, **flat)
+  with pytest.raises(iemocap.DataError, match=r'label \(sad/test\) has dtype <U1'):
+    iemocap.load(str(path), 'sad')
+
+
+@pytest.mark.parametrize('split', iemocap.SPLITS)
+@pytest.mark.parametrize('present', [0, 1])
+def test_a_split_with_one_class_is_refused(tmp_path, split, present):
+  n = 6 if split == 'train' else 4
+  path = _write(tmp_path, _with_label(np.eye(2)[[present] * n], split))
+  absent_or_present = 'present' if present else 'absent'
+  message = (rf'label \(sad/{split}\) holds one class only: all {n} samples are class {present} '
+             rf'\(emotion {absent_or_present}\)')
+  with pytest.raises(iemocap.DataError, match=message) as error:
+    iemocap.load(path, 'sad')
+  assert '\n' not in str(error.value)
+
+
+def _npz_with_member(tmp_path, name, blob):
+  """The npz `convert` writes for _raw(), with member `name` (if any) replaced by raw bytes."""
+  path = tmp_path / 'iemocap.npz'
+  with zipfile.ZipFile(path, 'w') as archive:
+    for emotion in iemocap.EMOTIONS:
+      for split, modalities in _raw()[emotion].items():
+        for key, array in modalities.items():
+          member = f'{emotion}/{split}/{key}'
+          buffer = io.BytesIO()
+          np.lib.format.write_array(buffer, array)
+          archive.writestr(member + '.npy', blob if member == name else buffer.getvalue())
+  return str(path)
+
+
+def test_npz_header_declaring_an_impossible_shape_is_refused_before_allocating(tmp_path):
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(
+      header, {'descr': '<f8', 'fortran_order': False, 'shape': (10**12, 74)})
+  path = _npz_with_member(tmp_path, 'sad/train/covarep', header.getvalue() + bytes(64))
+  message = (r'member sad/train/covarep\.npy declares shape \(1000000000000, 74\) of float64 '
+             r'\(592000000000000 bytes\) but the file holds only 64 bytes for it: the file is '
+             r'corrupt or truncated')
+  with pytest.raises(iemocap.DataError, match=message):
+    iemocap.load(path, 'sad')
+  _refused(_cli('info', path), 'declares shape (1000000000000, 74)')
+
+
+def test_truncated_npz_member_truncated_archive_and_non_zip_file(tmp_path):
+  whole = io.BytesIO()
+  np.lib.format.write_array(whole, _raw()['sad']['train']['glove'])
+  cut = whole.getvalue()[:len(whole.getvalue()) // 2]
+  path = _npz_with_member(tmp_path, 'sad/train/glove', cut)
+  with pytest.raises(iemocap.DataError, match=r'member sad/train/glove\.npy declares shape '
+                     r'\(6, 20, 300\) of float32 \(144000 bytes\) but the file holds only'):
+    iemocap.load(path, 'sad')
+  blob = (tmp_path / 'iemocap.npz').read_bytes()
+  (tmp_path / 'iemocap.npz').write_bytes(blob[:len(blob) // 2])
+  with pytest.raises(iemocap.DataError, match=r'is not a readable npz \(zip\) archive'):
+    iemocap.load(path, 'sad')
+  (tmp_path / 'iemocap.npz').write_text('hello\n')  # numpy would try it as a pickle
+  with pytest.raises(iemocap.DataError, match=r'is not a readable npz \(zip\) archive'):
+    iemocap.load(path, 'sad')
+
+
+def test_npz_member_with_an_unknown_compression_method_is_one_line(tmp_path):
+  path = _npz_with_member(tmp_path, None, None)  # the npz as written
+  blob = bytearray((tmp_path / 'iemocap.npz').read_bytes())
+  for signature, offset in ((b'PK\x03\x04', 8), (b'PK\x01\x02', 10)):  # local, central headers
+    for match in re.finditer(re.escape(signature), bytes(blob)):
+      blob[match.start() + offset:match.start() + offset + 2] = (99).to_bytes(2, 'little')
+  (tmp_path / 'iemocap.npz').write_bytes(bytes(blob))
+  _refused(_cli('info', path), 'compression method 99')
+
+
+def test_pickle_cannot_allocate_arrays_it_does_not_store(tmp_path):
+  # numpy.ndarray((10**10,)): 80 GB reserved by a 60-byte file.
+  call = b'\x80\x02}X\x03\x00\x00\x00sadcnumpy\nndarray\n\x8a\x05\x00\xe4\x0bT\x02\x85\x85Rs.'
+  path = tmp_path / 'iemocap.pkl'
+  path.write_bytes(call)
+  with pytest.raises(iemocap.DataError, match='refusing to call numpy.ndarray'):
+    iemocap.load(str(path), 'sad')
+  reconstruct = (b'\x80\x02}X\x03\x00\x00\x00sadcnumpy.core.multiarray\n_reconstruct\n'
+                 b'cnumpy\nndarray\n\x8a\x05\x00\xe4\x0bT\x02\x85U\x01b\x87Rs.')
+  path.write_bytes(reconstruct)
+  with pytest.raises(iemocap.DataError, match=r'refusing _reconstruct with shape \(10000000000,\)'):
+    iemocap.load(str(path), 'sad')
+
+
+def test_numpy_warnings_while_unpickling_do_not_reach_the_user(tmp_path):
+  # dtype('f8', 0) with align as an int warns in numpy >= 2.4; the file is otherwise sound.
+  blob = re.sub(rb'(U\x02f[48]q.)K\x00K\x01\x87', b'\\1K\x00\x86', pickle_io.py2_dumps(_raw()),
+                flags=re.DOTALL)
+  assert blob != pickle_io.py2_dumps(_raw())
+  path = tmp_path / 'iemocap.pkl'
+  path.write_bytes(blob)
+  result = _cli('info', str(path), '--emotion', 'sad')
+  assert result.returncode == 0 and result.stderr == '', result.stderr
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    iemocap.load(str(path), 'sad')
+
+
+def test_values_beyond_float32_are_counted_as_inf_without_a_warning(tmp_path):
+  raw = _raw()
+  covarep = raw['sad']['train']['covarep'].copy()
+  covarep[0, :3] = 1e39
+  raw['sad'] = dict(raw['sad'], train=dict(raw['sad']['train'], covarep=covarep))
+  path = _write(tmp_path, raw)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    split = iemocap.load(path, 'sad').train
+  assert split.audio_replaced == data_lib.Replaced(nan=0, inf=3) and split.audio[0, 0] == 0
+  converted = _cli('convert', path)
+  assert converted.returncode == 0 and converted.stderr == '', converted.stderr
+
+
+def test_the_same_emotion_under_str_and_bytes_keys_is_refused(tmp_path):
+  raw = _raw()
+  raw[b'sad'] = raw['sad']
+  path = tmp_path / 'iemocap.pkl'
+  path.write_bytes(pickle.dumps(raw, protocol=2))
+  with pytest.raises(iemocap.DataError, match="emotion 'sad' is stored twice in .*str and a bytes"):
+    iemocap.load(str(path), 'sad')
+
+
+def test_paths_that_are_not_data_files(tmp_path):
+  (tmp_path / 'iemocap.pkl').mkdir()  # a directory of directories
+  with pytest.raises(iemocap.DataError, match=r'iemocap\.pkl is not a regular file \(a directory'):
+    iemocap.load(str(tmp_path), 'sad')
+  (tmp_path / 'iemocap.pkl').rmdir()
+  (tmp_path / 'iemocap.pkl').symlink_to(tmp_path / 'gone')
+  with pytest.raises(iemocap.DataError, match='or a broken link'):
+    iemocap.load(str(tmp_path), 'sad')
+  fifo = tmp_path / 'fifo.pkl'
+  os.mkfifo(fifo)  # reading it would wait forever for a writer
+  _refused(_cli('info', str(fifo), timeout=60), 'is not a regular file')
+  below_a_file = tmp_path / 'fifo.pkl' / 'iemocap.pkl'
+  _refused(_cli('info', str(below_a_file)), 'does not exist')
+
+
+def test_convert_validates_before_writing_and_leaves_nothing(tmp_path):
+  path = tmp_path / 'iemocap.pkl'
+  path.write_bytes(pickle.dumps(_with_label(np.eye(2)[[0] * 4], 'test'), protocol=2))
+  before = sorted(os.listdir(tmp_path))
+  _refused(_cli('convert', str(path)), 'label (sad/test) holds one class only')
+  path.write_bytes(pickle.dumps(_with_label(np.array(['1', '0'] * 3)), protocol=2))
+  _refused(_cli('convert', str(path), '--out', str(tmp_path / 'out' / 'x.npz')), 'dtype <U1')
+  assert sorted(os.listdir(tmp_path)) == before  # no npz, no temporary file, no directory
+
+
+def test_convert_keeps_an_existing_npz_unless_overwrite(tmp_path):
+  path = _write(tmp_path, _raw())
+  (tmp_path / 'iemocap.npz').write_bytes(b'an earlier npz')
+  _refused(_cli('convert', path), 'iemocap.npz exists', '--overwrite')
+  assert (tmp_path / 'iemocap.npz').read_bytes() == b'an earlier npz'
+  # A marker left by an earlier synthetic npz must not describe the real one.
+  marker = tmp_path / 'iemocap.npz.synthetic.json'
+  marker.write_text('{}')
+  assert _cli('convert', path, '--overwrite').returncode == 0
+  assert iemocap.load(str(tmp_path / 'iemocap.npz'), 'sad').train.n == 6
+  assert not marker.exists()
+
+
+def test_convert_to_an_unwritable_place_is_one_line(tmp_path):
+  path = _write(tmp_path, _raw())
+  (tmp_path / 'a_file').write_text('')
+  _refused(_cli('convert', path, '--out', str(tmp_path / 'a_file' / 'x.npz')),
+           'a part of its directory is a file')
+  (tmp_path / 'a_dir.npz').mkdir()
+  _refused(_cli('convert', path, '--out', str(tmp_path / 'a_dir.npz'), '--overwrite'),
+           'cannot write', 'Is a directory')

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -144,6 +145,8 @@ def test_command_line_trains_and_evaluates(small_data_dir, tmp_path):
   assert 'weighted F1' in result.stdout and 'majority' in result.stdout
   first_log = [line for line in result.stderr.splitlines() if ' train.py:' in line][0]
   assert 'synthetic' in first_log and "not the paper's F1" in first_log
+  assert re.search(r'non-finite features set to 0: happy/train: replaced \d+ NaN and \d+ inf in '
+                   'covarep', result.stderr)
   record = records.read_json(workdir / records.RESULTS_JSON)
   assert record['emotion'] == 'happy'
   evaluated = run_cli('lmf_jax.evaluate', f'--checkpoint={workdir / records.CHECKPOINT}',

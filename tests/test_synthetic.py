@@ -1,11 +1,13 @@
 """The synthetic stand-in: the real file's format, deterministic, and shaped like the real data."""
 
 import hashlib
+import json
 import pickle
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import iemocap
 from iemocap import pickle_io
@@ -111,10 +113,73 @@ def test_synth_never_overwrites_a_data_file_and_marks_only_its_own(tmp_path):
   assert synthetic.describe(path) is None
 
 
+def _cli(*args):
+  return subprocess.run([sys.executable, '-m', 'iemocap', *args], capture_output=True, text=True,
+                        check=False)
+
+
 def test_convert_reads_the_pickle_even_beside_an_npz(tmp_path):
   synthetic.write(tmp_path, sizes=(10, 4, 4))
-  for _ in range(2):  # the second run finds iemocap.npz already there
-    result = subprocess.run([sys.executable, '-m', 'iemocap', 'convert', str(tmp_path)],
-                            capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
+  assert _cli('convert', str(tmp_path)).returncode == 0
+  again = _cli('convert', str(tmp_path))  # finds iemocap.npz there, as synth finds iemocap.pkl
+  assert again.returncode == 2 and 'exists' in again.stderr and '--overwrite' in again.stderr
+  result = _cli('convert', str(tmp_path), '--overwrite')
+  assert result.returncode == 0, result.stderr
   assert synthetic.describe(tmp_path / 'iemocap.npz')['seed'] == 0
+
+
+def test_bytes_of_a_seed_are_unchanged():
+  """VERSION guards these: a change here needs a bump (see its comment)."""
+  blob = pickle_io.py2_dumps(synthetic.generate(seed=4, sizes=(40, 10, 10)))
+  assert hashlib.sha256(blob).hexdigest() == (
+      '693d60261b222c9281a0aaafad71d0a71532238a6521ca4500a1a79bd2c9623b')
+
+
+@pytest.mark.parametrize('seed, sizes', [(0, (2, 2, 2)), (0, (10, 4, 4)), (3, (40, 10, 10))])
+def test_small_sets_hold_both_classes_in_every_split(tmp_path, seed, sizes):
+  # These drew one class in some split before; the loader refuses that.
+  path = synthetic.write(tmp_path, seed, sizes)
+  for emotion in iemocap.EMOTIONS:
+    dataset = iemocap.load(path, emotion)
+    for split in iemocap.SPLITS:
+      assert set(dataset.split(split).label) == {0, 1}, (emotion, split)
+
+
+@pytest.mark.parametrize('content', [
+    b'{not json', b'[1, 2]', b'\xff\xfe', b'{}', b'{"bytes": "12", "seed": "x"}',
+    json.dumps({'generator': 'iemocap.synthetic', 'version': 1, 'seed': True, 'sizes': [2, 2, 2],
+                'bytes': 1}).encode(),
+    None,  # a directory in its place
+])
+def test_a_damaged_marker_is_one_line_not_real_data(tmp_path, content):
+  path = synthetic.write(tmp_path, sizes=(10, 4, 4))
+  marker = tmp_path / ('iemocap.pkl' + synthetic.MARKER_SUFFIX)
+  marker.unlink()
+  if content is None:
+    marker.mkdir()
+  else:
+    marker.write_bytes(content)
+  with pytest.raises(iemocap.DataError, match='synthetic-data marker .* delete it if .* is real '
+                     'data, or write the synthetic set again'):
+    synthetic.describe(path)
+  for command in (('info', str(tmp_path)), ('convert', str(tmp_path))):
+    result = _cli(*command)
+    assert result.returncode == 2 and result.stderr.count('\n') == 1, result.stderr
+    assert result.stderr.startswith('error: synthetic-data marker ')
+  assert not (tmp_path / 'iemocap.npz').exists()
+
+
+def test_default_set_with_a_damaged_marker_is_generated_again(tmp_path, monkeypatch):
+  monkeypatch.setenv('LMF_CACHE_DIR', str(tmp_path))
+  monkeypatch.setattr(synthetic, 'DEFAULT_SIZES', (20, 6, 6))
+  path = synthetic.default_path()
+  with open(path + synthetic.MARKER_SUFFIX, 'w', encoding='utf-8') as f:
+    f.write('{truncated')
+  assert synthetic.default_path() == path and synthetic.describe(path)['seed'] == 0
+
+
+def test_synth_into_an_unwritable_place_is_one_line(tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  result = _cli('synth', '--out', str(tmp_path / 'a_file'), '--sizes', '10,4,4')
+  assert result.returncode == 2 and result.stderr.count('\n') == 1, result.stderr
+  assert 'cannot write' in result.stderr and 'a part of its directory is a file' in result.stderr
