@@ -3,23 +3,43 @@
 
     python3 run.py train --emotion=sad   # the main job: lmf_jax on the synthetic set
     python3 run.py test                  # the whole test suite
+    python3 run.py --accelerator=cuda train --emotion=sad   # the same on an NVIDIA GPU
 
-Needs only python3. The first call creates `.venv/` beside this file and
-installs the project with its jax, torch and dev extras, pinned by
-`constraints.txt` (torch 2.13.0, the CPU build); later calls skip the install
-unless pyproject.toml or constraints.txt changed.
+Needs only python3 (3.11 or newer). The first call creates `.venv/` beside
+this file and installs the project with its jax, torch and dev extras, pinned
+by `constraints.txt` (torch 2.13.0, the CPU build); later calls skip the
+install unless pyproject.toml or constraints.txt changed.
+
+--accelerator=cuda|npu (or LMF_ACCELERATOR=cuda|npu) does the same in its own
+environment with its own pins, so switching never touches another one:
+`.venv-cuda/` (constraints-cuda.txt: jax and torch on CUDA 13) and `.venv-npu/`
+(constraints-npu.txt: torch-npu on CANN, jax on the CPU). `check-install
+[cpu|cuda|npu ...]` asks pip whether a set resolves here, installing nothing.
 """
 
 import hashlib
+import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
+import time
 import venv
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-VENV = os.path.join(ROOT, '.venv')
-STAMP = os.path.join(VENV, '.lmf-install-stamp')
-INPUTS = ('pyproject.toml', 'constraints.txt')
+STAMP = '.lmf-install-stamp'
+PIP_FOR_CHECKS = 'pip==26.3'  # check-install's pip: the one it was tried with
+MIN_PYTHON = (3, 11)  # what the pinned jax, numpy, scipy... require
+# accelerator: (environment directory, constraints file, extras)
+ACCELERATORS = {
+    'cpu': ('.venv', 'constraints.txt', 'jax,torch,dev'),
+    'cuda': ('.venv-cuda', 'constraints-cuda.txt', 'jax,cuda,torch,dev'),
+    'npu': ('.venv-npu', 'constraints-npu.txt', 'jax,torch,npu,dev'),
+}
+# pip installs torch-npu without CANN, and then `import torch_npu` fails (no libhccl.so).
+NPU_NOTE = ('run.py: torch-npu runs on Huawei CANN, which must be installed first and its '
+            'set_env.sh sourced (e.g. /usr/local/Ascend/ascend-toolkit/set_env.sh)')
 JOBS = {
     'train': ['-m', 'lmf_jax.train'],
     'train-torch': ['-m', 'lmf_torch_npu.train'],
@@ -30,45 +50,136 @@ JOBS = {
     'data': ['-m', 'iemocap'],
     'python': [],
 }
+USAGE = ('usage: python3 run.py [--accelerator=cpu|cuda|npu] JOB ...\njobs: ' + ', '.join(JOBS)
+         + ', check-install')
 
 
-def _python():
-  return os.path.join(VENV, 'bin', 'python')
+def _python(environment):
+  return os.path.join(environment, 'bin', 'python')
 
 
-def _fingerprint():
+def _fingerprint(constraints):
   digest = hashlib.sha256(sys.version.encode())
-  for name in INPUTS:
+  for name in ('pyproject.toml', constraints):
     with open(os.path.join(ROOT, name), 'rb') as f:
       digest.update(f.read())
   return digest.hexdigest()
 
 
-def ensure_environment():
-  """Creates .venv and installs the project unless the stamp says it is current."""
-  fingerprint = _fingerprint()
-  if os.path.exists(STAMP) and os.path.exists(_python()):
-    with open(STAMP, encoding='utf-8') as f:
+def _pip_install(python, accelerator, *options):
+  """pip's command line installing the project with `accelerator`'s extras and pins."""
+  _, constraints, extras = ACCELERATORS[accelerator]
+  return [python, '-m', 'pip', 'install', *options, '--disable-pip-version-check',
+          '-c', os.path.join(ROOT, constraints), '-e', f'{ROOT}[{extras}]']
+
+
+def ensure_environment(accelerator):
+  """Creates the accelerator's environment and installs the project unless its stamp says it
+  is current; returns its python, or None (after one line) when pip failed."""
+  directory, constraints, _ = ACCELERATORS[accelerator]
+  environment = os.path.join(ROOT, directory)
+  stamp, python = os.path.join(environment, STAMP), _python(environment)
+  fingerprint = _fingerprint(constraints)
+  if os.path.exists(stamp) and os.path.exists(python):
+    with open(stamp, encoding='utf-8') as f:
       if f.read().strip() == fingerprint:
-        return
-  if not os.path.exists(_python()):
-    print(f'run.py: creating {VENV}', file=sys.stderr, flush=True)
-    venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
-  print('run.py: installing the project and its pinned dependencies (first run only)',
-        file=sys.stderr, flush=True)
-  subprocess.run([_python(), '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check',
-                  '-c', os.path.join(ROOT, 'constraints.txt'),
-                  '-e', f'{ROOT}[jax,torch,dev]'], check=True)
-  with open(STAMP, 'w', encoding='utf-8') as f:
+        return python
+  if not os.path.exists(python):
+    print(f'run.py: creating {environment}', file=sys.stderr, flush=True)
+    venv.EnvBuilder(with_pip=True, clear=True).create(environment)
+  if accelerator == 'npu':
+    print(NPU_NOTE, file=sys.stderr, flush=True)
+  print(f'run.py: installing the project and its pinned dependencies ({constraints}; first run '
+        'only)', file=sys.stderr, flush=True)
+  if subprocess.run(_pip_install(python, accelerator, '--quiet')).returncode:
+    print(f'run.py: pip could not install the {accelerator} set (its message is above); fix '
+          'that and run the command again', file=sys.stderr)
+    return None
+  with open(stamp, 'w', encoding='utf-8') as f:
     f.write(fingerprint + '\n')
+  return python
+
+
+def _canonical(name):
+  return re.sub(r'[-_.]+', '-', name).lower()
+
+
+def read_pins(constraints):
+  """{canonical name: version} of a constraints file's `name==version` (or `===`) lines."""
+  pins = {}
+  with open(os.path.join(ROOT, constraints), encoding='utf-8') as f:
+    for line in f:
+      requirement = line.split('#')[0].strip()
+      if requirement:
+        name, _, version = requirement.partition('==')
+        pins[_canonical(name)] = version.lstrip('=')
+  return pins
+
+
+def check_install(accelerator):
+  """Resolves `accelerator`'s set with pip in a throwaway environment, installing nothing
+  and downloading no wheel: --dry-run, and fast-deps reads a wheel's metadata by range
+  requests where the index does not serve it apart (PEP 658). 0 when it resolves without
+  apex; the line also names resolved packages the constraints file does not pin."""
+  start = time.monotonic()
+  with tempfile.TemporaryDirectory() as scratch:
+    venv.EnvBuilder(with_pip=True).create(scratch)
+    python, report = _python(scratch), os.path.join(scratch, 'report.json')
+    # Older pips download every wheel even in a dry run; 25.3 was the first that does not.
+    upgrade = [python, '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check',
+               PIP_FOR_CHECKS]
+    resolve = _pip_install(python, accelerator, '--quiet', '--dry-run', '--ignore-installed',
+                           '--use-feature=fast-deps', '--report', report)
+    if subprocess.run(upgrade).returncode or subprocess.run(resolve).returncode:
+      print(f'run.py: pip cannot resolve the {accelerator} set (its message is above)',
+            file=sys.stderr)
+      return 1
+    with open(report, encoding='utf-8') as f:
+      resolved = {_canonical(item['metadata']['name']): item['metadata']['version']
+                  for item in json.load(f)['install']}
+  resolved.pop('lmf-iemocap')
+  seconds = time.monotonic() - start
+  if 'apex' in resolved:
+    print(f'run.py: the {accelerator} set would install apex (the unrelated PyPI project); '
+          'find what requires it and constrain it away', file=sys.stderr)
+    return 1
+  constraints = ACCELERATORS[accelerator][1]
+  pins = read_pins(constraints)
+  unpinned = ', '.join(f'{name} {version}' for name, version in sorted(resolved.items())
+                       if name not in pins)
+  pinned = f'not pinned by {constraints}: {unpinned}' if unpinned else 'all pinned'
+  print(f'run.py: the {accelerator} set resolves: {len(resolved)} packages in {seconds:.0f} s, '
+        f'{pinned}', file=sys.stderr)
+  return 0
 
 
 def main(argv):
-  if not argv or argv[0] not in JOBS:
-    print(__doc__.strip() + '\n\njobs: ' + ', '.join(JOBS), file=sys.stderr)
+  accelerator = os.environ.get('LMF_ACCELERATOR') or 'cpu'
+  if argv and argv[0].startswith('--accelerator='):
+    accelerator, argv = argv[0].partition('=')[2], argv[1:]
+  if accelerator not in ACCELERATORS:
+    print(f'run.py: unknown accelerator {accelerator!r}: use --accelerator=cpu, cuda or npu '
+          '(or LMF_ACCELERATOR=...)', file=sys.stderr)
     return 2
-  ensure_environment()
-  command = [_python()] + JOBS[argv[0]] + argv[1:]
+  if sys.version_info < MIN_PYTHON:
+    needed = '.'.join(map(str, MIN_PYTHON))
+    print(f'run.py: the pinned environments need Python {needed} or newer, this is '
+          f'{sys.version.split()[0]}: run it with python{needed} or newer', file=sys.stderr)
+    return 2
+  if argv[:1] == ['check-install']:
+    unknown = [name for name in argv[1:] if name not in ACCELERATORS]
+    if unknown:
+      print(f'run.py: unknown accelerator {unknown[0]!r}: check-install takes cpu, cuda or npu',
+            file=sys.stderr)
+      return 2
+    return max(check_install(name) for name in argv[1:] or [accelerator])
+  if not argv or argv[0] not in JOBS:
+    print(__doc__.strip() + '\n\n' + USAGE, file=sys.stderr)
+    return 2
+  python = ensure_environment(accelerator)
+  if python is None:
+    return 1
+  command = [python] + JOBS[argv[0]] + argv[1:]
   os.execv(command[0], command)  # in the caller's directory: relative paths mean what they say
 
 
