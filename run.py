@@ -73,6 +73,19 @@ def _pip_install(python, accelerator, *options):
           '-c', os.path.join(ROOT, constraints), '-e', f'{ROOT}[{extras}]']
 
 
+def _made_by_this_python(environment):
+  """Whether the environment's Python is this one's release (an older one cannot install the
+  pins: it is made again)."""
+  try:
+    with open(os.path.join(environment, 'pyvenv.cfg'), encoding='utf-8') as f:
+      settings = dict(line.split('=', 1) for line in f if '=' in line)
+  except OSError:
+    return False
+  made = {k.strip(): v.strip() for k, v in settings.items()}
+  version = made.get('version_info') or made.get('version', '')
+  return version.split('.')[:2] == [str(n) for n in sys.version_info[:2]]
+
+
 def ensure_environment(accelerator):
   """Creates the accelerator's environment and installs the project unless its stamp says it
   is current; returns its python, or None (after one line) when pip failed."""
@@ -84,7 +97,7 @@ def ensure_environment(accelerator):
     with open(stamp, encoding='utf-8') as f:
       if f.read().strip() == fingerprint:
         return python
-  if not os.path.exists(python):
+  if not os.path.exists(python) or not _made_by_this_python(environment):
     print(f'run.py: creating {environment}', file=sys.stderr, flush=True)
     venv.EnvBuilder(with_pip=True, clear=True).create(environment)
   if accelerator == 'npu':

@@ -31,15 +31,15 @@ _OS_ERROR_FIXES = {
     errno.ENOTDIR: 'a part of the path is a file, not a directory: choose another path',
     errno.EEXIST: 'a file is in the way: choose another path',
     errno.EISDIR: 'the path is a directory: name a file',
+    errno.ENOENT: 'a file or directory on the way is missing: check the path',
 }
 
 
 def describe_os_error(e):
-  """One line for an OSError: what failed, on which file, and what to do."""
+  """One line for an OSError of a known errno: what failed, on which file, and what to do."""
   what = e.strerror or type(e).__name__
   where = f' ({e.filename})' if e.filename else ''
-  fix = _OS_ERROR_FIXES.get(e.errno)
-  return (f'{what}{where}' + (f'; {fix}' if fix else '') +
+  return (f'{what}{where}; {_OS_ERROR_FIXES[e.errno]}' +
           '. Files written so far are complete: once fixed, rerun the same command (with '
           '--resume if a training run had finished an epoch)')
 
@@ -55,6 +55,8 @@ def user_errors_exit(main):
       print(f'error: {e}', file=sys.stderr)
       sys.exit(getattr(e, 'exit_code', 2))
     except OSError as e:
+      if e.errno not in _OS_ERROR_FIXES or not e.filename:
+        raise  # not the machine's state but a fault of ours: keep the traceback
       print(f'error: {describe_os_error(e)}', file=sys.stderr)
       sys.exit(2)
     except (MemoryError, RuntimeError) as e:

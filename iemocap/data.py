@@ -294,9 +294,9 @@ def _check_both_classes(label, where):
   """Refuses a split whose labels hold one class; train, valid and test alike.
 
   Train: there is nothing to learn. Test: weighted F1 on one class is perfect for predicting
-  it everywhere and says nothing about the model. Valid: it chooses the best epoch by F1, so it
-  would choose the model that predicts that class everywhere; a warning would let the run go on
-  and report that choice, so valid is refused like the others.
+  it everywhere and says nothing about the model. Valid: its loss chooses the best epoch, and on
+  one class the lowest loss belongs to the model that predicts that class everywhere; a warning
+  would let the run go on and report that choice, so valid is refused like the others.
   """
   classes = np.unique(label)
   if classes.size == 1:

@@ -94,7 +94,7 @@ def train_and_evaluate(config, backend, dataset, is_synthetic, status, on_epoch_
     diverged = records.divergence(train_loss, valid_loss, epoch, config)
     if diverged:
       if not stopper.best_epoch:
-        raise RunError(f'{diverged}, before any epoch gave a model to keep: nothing to test')
+        raise RunError(f'no model to test: {diverged}')
       logging.warning('%s; testing the best model so far (epoch %d)', diverged,
                       stopper.best_epoch)
       break

@@ -51,8 +51,10 @@ def assert_one_line(result, pattern, code=2):
 
 
 def leftover_temporary_files(workdir):
+  """atomic_write's temporary files: `.<output name>.` and mkstemp's 8 characters."""
   return [name for name in os.listdir(workdir)
-          if any(name.startswith(temporary_prefix(output)) for output in records.OUTPUTS)]
+          if any(re.fullmatch(re.escape(temporary_prefix(output)) + '[a-z0-9_]{8}', name)
+                 for output in records.OUTPUTS)]
 
 
 # --- Paths that cannot be written -----------------------------------------------------------
@@ -121,6 +123,16 @@ def test_a_read_only_file_system_is_one_line(small_data_dir, tmp_path):
     assert_one_line(result, r'Read-only file system .*choose a writable directory')
 
 
+def test_a_finished_run_on_read_only_storage_is_reported(small_data_dir, tmp_path):
+  with small_file_system(tmp_path / 'disk', '4m') as disk:
+    args = train_args(small_data_dir, disk / 'run', '--epochs=1')
+    assert run_cli('lmf_jax.train', *args).returncode == 0
+    subprocess.run(['mount', '-o', 'remount,ro', str(disk)], check=True)
+    again = run_cli('lmf_jax.train', *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert 'already holds the finished run' in again.stderr and 'weighted F1' in again.stdout
+
+
 def test_an_unwritable_cache_directory_names_lmf_cache_dir(tmp_path):
   (tmp_path / 'a_file').write_text('mine')
   result = run_cli('lmf_jax.train', f'--workdir={tmp_path / "run"}', '--epochs=1',
@@ -154,31 +166,49 @@ def wait_for(predicate, timeout=120):
 def test_a_signal_stops_after_a_saved_epoch_and_resume_continues(small_data_dir, tmp_path,
                                                                  module, signum):
   workdir = tmp_path / 'run'
-  args = train_args(small_data_dir, workdir, '--epochs=150', '--patience=150')
-
-  def start_and_signal(*extra, times=1, after_epochs=0):
-    process = subprocess.Popen(command(module, *args, *extra), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: (workdir / records.TRAIN_STATE).exists()
-             and len(records.read_metrics(workdir)) > after_epochs)
-    for _ in range(times):
-      process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
-    return subprocess.CompletedProcess(process.args, process.returncode, '', stderr)
-
-  last = assert_one_line(start_and_signal(), rf'stopped by {signum.name} after epoch \d+, which '
-                         r'is saved in .*rerun the same command with --resume', code=128 + signum)
+  epochs = 300  # far more than the signal needs to arrive, even on a loaded machine
+  args = train_args(small_data_dir, workdir, f'--epochs={epochs}', f'--patience={epochs}')
+  process = subprocess.Popen(command(module, *args), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  wait_for(lambda: (workdir / records.TRAIN_STATE).exists())
+  process.send_signal(signum)
+  _, stderr = process.communicate(timeout=120)
+  result = subprocess.CompletedProcess(process.args, process.returncode, '', stderr)
+  last = assert_one_line(result, rf'stopped by {signum.name} after epoch \d+, which is saved in '
+                         r'.*rerun the same command with --resume', code=128 + signum)
   stopped_at = int(re.search(r'after epoch (\d+)', last).group(1))
+  assert stopped_at < epochs
   assert [row['epoch'] for row in records.read_metrics(workdir)] == list(
       range(1, stopped_at + 1))
   assert_one_line(run_cli(module, *args), 'holds an interrupted run: pass --resume')
-  # Twice: stop at once, mid-epoch; what was saved stays whole.
-  assert_one_line(start_and_signal('--resume', times=2, after_epochs=stopped_at),
-                  rf'stopped by {signum.name}', code=128 + signum)
   finished = run_cli(module, *args, '--resume')
   assert finished.returncode == 0, finished.stderr[-2000:]
-  assert [row['epoch'] for row in records.read_metrics(workdir)] == list(range(1, 151))
-  assert records.read_json(workdir / records.RESULTS_JSON)['epochs_run'] == 150
+  assert [row['epoch'] for row in records.read_metrics(workdir)] == list(range(1, epochs + 1))
+  assert records.read_json(workdir / records.RESULTS_JSON)['epochs_run'] == epochs
+
+
+def test_the_first_signal_asks_for_a_stop_and_the_second_stops_at_once():
+  from flags import cli  # pylint: disable=import-outside-toplevel
+  from iemocap.errors import StopRequested  # pylint: disable=import-outside-toplevel
+  previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    stop = cli.StopOnSignal().install()
+    stop.check(1)  # nothing received: the run goes on
+    os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(StopRequested) as requested:
+      stop.check(2)
+    assert (requested.value.reason, requested.value.exit_code) == ('SIGTERM', 143)
+    with pytest.raises(KeyboardInterrupt) as now:
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(1)  # the handler runs here, in the main thread
+    assert now.value.args == (signal.SIGINT,)
+    cli.StopNow().install()
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(1)
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
 
 
 # --- Two processes, one workdir -------------------------------------------------------------
@@ -186,7 +216,7 @@ def test_a_signal_stops_after_a_saved_epoch_and_resume_continues(small_data_dir,
 def test_a_second_process_is_refused_and_a_killed_holder_does_not_block(small_data_dir,
                                                                         tmp_path):
   workdir = tmp_path / 'run'
-  args = train_args(small_data_dir, workdir, '--epochs=400', '--patience=400')
+  args = train_args(small_data_dir, workdir, '--epochs=100000', '--patience=100000')  # killed
   first = subprocess.Popen(command('lmf_jax.train', *args), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
   try:
@@ -211,6 +241,16 @@ def test_the_lock_is_held_for_the_whole_run(small_data_dir, tmp_path):
   assert not (workdir / records.CONFIG_JSON).exists()
   done = run_cli('lmf_jax.train', *train_args(small_data_dir, workdir, '--epochs=1'))
   assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_lock_file_that_is_a_link_is_refused(small_data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (tmp_path / 'precious').write_text('mine')
+  (workdir / records.LOCK).symlink_to(tmp_path / 'precious')
+  result = run_cli('lmf_jax.train', *train_args(small_data_dir, workdir, '--epochs=1'))
+  assert_one_line(result, 'is a symbolic link, not this project\'s lock file')
+  assert (tmp_path / 'precious').read_text() == 'mine'
 
 
 # --- Files that are not ours, or damaged ----------------------------------------------------
@@ -267,15 +307,38 @@ def resume_args(small_data_dir, workdir):
   return train_args(small_data_dir, workdir, '--epochs=3', '--patience=5', '--resume')
 
 
+def test_a_run_killed_before_its_first_epoch_leaves_the_workdir_to_the_next_command(
+    small_data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  from run_helpers import small_config  # pylint: disable=import-outside-toplevel
+  records.prepare_workdir(small_config(small_data_dir, workdir, lr=0.5), 'jax', {}, False)
+  # config.json alone, of other flags, as a kill -9 during compilation leaves it.
+  result = run_cli('lmf_jax.train', *train_args(small_data_dir, workdir, '--epochs=1'))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert records.read_json(workdir / records.CONFIG_JSON)['config']['lr'] != 0.5
+
+
+def test_a_run_that_stored_its_data_path_relative_is_still_recognised(small_data_dir,
+                                                                      interrupted_run, tmp_path):
+  workdir = copy_run(interrupted_run, tmp_path / 'run')
+  saved = records.read_json(workdir / records.CONFIG_JSON)
+  saved['config']['data_path'] = os.path.relpath(small_data_dir, tmp_path)  # as older runs did
+  records.write_json(workdir / records.CONFIG_JSON, saved)
+  result = run_cli('lmf_jax.train', *resume_args(small_data_dir, workdir), cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_resume_cleans_temporary_files_left_by_a_kill(small_data_dir, interrupted_run, tmp_path):
   workdir = copy_run(interrupted_run, tmp_path / 'run')
-  stale = workdir / (temporary_prefix(records.TRAIN_STATE) + 'x1y2z3')
+  stale = workdir / (temporary_prefix(records.TRAIN_STATE) + 'x1y2z3_9')  # mkstemp's 8 characters
   stale.write_bytes(b'\0' * 4096)
   (workdir / 'notes.txt').write_text('the user\'s own')
+  (workdir / '.results.json.bak').write_text('the user\'s own')
   result = run_cli('lmf_jax.train', *resume_args(small_data_dir, workdir))
   assert result.returncode == 0, result.stderr[-2000:]
   assert not stale.exists() and not leftover_temporary_files(workdir)
   assert (workdir / 'notes.txt').read_text() == 'the user\'s own'
+  assert (workdir / '.results.json.bak').read_text() == 'the user\'s own'
   assert records.read_json(workdir / records.RESULTS_JSON)['epochs_run'] == 3
 
 
@@ -388,9 +451,10 @@ def test_a_relative_data_path_is_stored_absolute(small_data_dir, tmp_path):
 ])
 def test_bad_flags_are_one_line_before_anything_is_written(small_data_dir, tmp_path, module, flag,
                                                            pattern):
-  result = run_cli(module, *train_args(small_data_dir, tmp_path / 'run', '--epochs=1'), flag)
   if module.endswith('evaluate'):
     result = run_cli(module, f'--checkpoint={tmp_path}', flag)
+  else:
+    result = run_cli(module, *train_args(small_data_dir, tmp_path / 'run', '--epochs=1'), flag)
   assert_one_line(result, pattern)
   assert len(result.stderr.strip().splitlines()) <= 3, result.stderr  # no usage text
   assert not (tmp_path / 'run').exists()
@@ -429,7 +493,7 @@ def test_a_run_that_diverges_later_ends_with_its_best_model_tested(small_data_di
 def test_a_population_stops_at_once_on_a_signal(small_data_dir, tmp_path):
   workdir = tmp_path / 'run'
   process = subprocess.Popen(command('lmf_jax.train', *train_args(
-      small_data_dir, workdir, '--epochs=400', '--patience=400', '--num_seeds=2')),
+      small_data_dir, workdir, '--epochs=100000', '--patience=100000', '--num_seeds=2')),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   wait_for(lambda: (workdir / records.CONFIG_JSON).exists())
   time.sleep(1)

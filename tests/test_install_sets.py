@@ -4,6 +4,7 @@ is `python3 run.py check-install cpu cuda npu` (minutes of index requests, so no
 
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -117,3 +118,12 @@ def test_an_older_python_is_one_line_and_exit_2(monkeypatch, capsys):
   assert run.main(['train']) == 2
   error = capsys.readouterr().err
   assert error.count('\n') == 1 and 'Python 99.0 or newer' in error
+
+
+def test_an_environment_of_another_python_release_is_made_again(tmp_path):
+  (tmp_path / 'pyvenv.cfg').write_text('home = /usr/bin\nversion = 3.10.12\n')
+  assert not run._made_by_this_python(str(tmp_path))
+  current = '.'.join(str(n) for n in sys.version_info[:3])
+  (tmp_path / 'pyvenv.cfg').write_text(f'home = /usr/bin\nversion = {current}\n')
+  assert run._made_by_this_python(str(tmp_path))
+  assert not run._made_by_this_python(str(tmp_path / 'missing'))

@@ -59,7 +59,7 @@ def test_each_member_equals_its_seed_trained_alone(seeds_run, tmp_path):
     assert alone['f1'] == pytest.approx(member['f1'], abs=0.02)
     lone, _ = load_params(tmp_path / f'alone{member["seed"]}' / records.CHECKPOINT)
     together, metadata = load_params(os.path.join(
-        config.workdir, multiseed.MEMBERS_DIR,
+        config.workdir, records.MEMBERS_DIR,
         f'member{member["member"]}-seed{member["seed"]}.safetensors'))
     assert metadata['epoch'] == member['best_epoch']
     assert_close_trees(together, lone, atol=1e-4)
@@ -152,7 +152,7 @@ def test_swept_dropout_equals_a_lone_run_with_that_rate(small_data_dir, tmp_path
   member = record['members'][3]
   assert alone['best_valid_loss'] == pytest.approx(member['best_valid_loss'], rel=1e-5)
   lone, _ = load_params(tmp_path / 'alone' / records.CHECKPOINT)
-  together, _ = load_params(tmp_path / 'sweep' / multiseed.MEMBERS_DIR /
+  together, _ = load_params(tmp_path / 'sweep' / records.MEMBERS_DIR /
                             f'member3-seed{member["seed"]}.safetensors')
   assert_close_trees(together, lone, atol=1e-4)
 

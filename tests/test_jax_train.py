@@ -160,7 +160,8 @@ def test_command_line_trains_and_evaluates(small_data_dir, tmp_path):
     (['--data_path=/nonexistent/iemocap.pkl'], 'error: data file /nonexistent/iemocap.pkl does not exist'),
     (['--text_dropout=1.5'], r'error: text_dropout=1.5 must be in \[0, 1\)'),
     (['--perf_steps=-5'], r'error: --perf_steps=-5 must be >= 0'),
-    (['--lr=1e30', '--factor_lr=1e30', '--epochs=3'], r'error: training diverged at epoch 1 \(train loss became nan'),
+    (['--lr=1e30', '--factor_lr=1e30', '--epochs=3'],
+     r'error: no model to test: training diverged at epoch 1 \(train loss became nan'),
 ])
 def test_command_line_errors_are_one_line(small_data_dir, tmp_path, args, message):
   base = [f'--data_path={small_data_dir}', f'--workdir={tmp_path / "bad"}', '--text_hidden=16',

@@ -143,7 +143,7 @@ def test_command_line_trains_and_evaluates(small_data_dir, tmp_path):
   result = run_cli('lmf_torch_npu.train', *args)
   assert result.returncode == 0, result.stderr
   assert 'weighted F1' in result.stdout and 'majority' in result.stdout
-  assert re.search(r'device cpu \(no NPU \(.*\); precision float32', result.stderr)
+  assert re.search(r'torch \S+ on cpu \(no NPU \(.*\); precision float32', result.stderr)
   record = records.read_json(workdir / records.RESULTS_JSON)
   assert record['emotion'] == 'happy' and record['backend'] == 'torch'
   evaluated = run_cli('lmf_torch_npu.evaluate', f'--checkpoint={workdir / records.CHECKPOINT}',
@@ -158,7 +158,7 @@ def test_command_line_trains_and_evaluates(small_data_dir, tmp_path):
     ('lmf_torch_npu.train', ['--loss_scale=128'], 'error: --loss_scale=128 needs mixed precision'),
     ('lmf_torch_npu.train', ['--emotion=joy'], "error: unknown emotion 'joy'"),
     ('lmf_torch_npu.train', ['--lr=1e30', '--factor_lr=1e30', '--epochs=3'],
-     r'error: training diverged at epoch 1 \(train loss became nan'),
+     r'error: no model to test: training diverged at epoch 1 \(train loss became nan'),
     ('lmf_torch_npu.evaluate', ['--checkpoint=/nonexistent.safetensors'],
      'error: checkpoint /nonexistent.safetensors does not exist'),
     ('lmf_torch_npu.evaluate', ['--checkpoint=x', '--amp=O1'], 'error: --amp is a training flag'),
