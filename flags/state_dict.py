@@ -107,7 +107,8 @@ def save(path, arrays, config, metadata=None):
     dtype = np.int64 if key.endswith('num_batches_tracked') else np.float32
     tensors[key] = np.array(arrays[key], dtype=dtype, order='C')  # keeps 0-d arrays 0-d
   # The workdir is where a run happened, not what it is: leaving it out keeps the same run's
-  # checkpoint byte-identical wherever it was written. safetensors stores metadata in a hash
+  # checkpoint byte-identical wherever it was written (the data path stays: it is absolute, and
+  # names the data the run learnt from). safetensors stores metadata in a hash
   # map of random order, so all of it travels as one sorted JSON string.
   record = {'format': FORMAT, 'config': {**config.to_dict(), 'workdir': ''}, **(metadata or {})}
   meta = {METADATA_KEY: json.dumps(record, sort_keys=True)}

@@ -166,7 +166,7 @@ def wait_for(predicate, timeout=120):
 def test_a_signal_stops_after_a_saved_epoch_and_resume_continues(small_data_dir, tmp_path,
                                                                  module, signum):
   workdir = tmp_path / 'run'
-  epochs = 300  # far more than the signal needs to arrive, even on a loaded machine
+  epochs = 60  # the signal is handled within milliseconds; the run has seconds left
   args = train_args(small_data_dir, workdir, f'--epochs={epochs}', f'--patience={epochs}')
   process = subprocess.Popen(command(module, *args), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
@@ -385,12 +385,10 @@ def with_config(stored, **values):
   return {'lmf': json.dumps(record)}
 
 
-@pytest.mark.parametrize('module, cases', [
-    ('lmf_jax.evaluate', None), ('lmf_torch_npu.evaluate', ('not_json', 'nan_weights'))])
-def test_checkpoints_with_bad_metadata_or_weights_are_one_line(finished_checkpoint, tmp_path,
-                                                               module, cases):
-  stored = rewrite_checkpoint(finished_checkpoint, tmp_path / 'same.safetensors')
-  cases_by_name = {
+def bad_checkpoints(finished_checkpoint, directory):
+  """{name: (path, the error it must give)}: the checkpoint rewritten with each defect."""
+  stored = rewrite_checkpoint(finished_checkpoint, directory / 'same.safetensors')
+  cases = {
       'not_json': ({'lmf': '{"config": '}, None, 'its metadata is not valid JSON'),
       'lr_text': (with_config(stored, lr='fast'), None,
                   r'invalid configuration: lr must be a number'),
@@ -403,12 +401,29 @@ def test_checkpoints_with_bad_metadata_or_weights_are_one_line(finished_checkpoi
       'nan_weights': (None, lambda a: a['fusion_weights'].__setitem__((0, 0), np.nan),
                       'fusion_weights holds NaN or inf weights'),
   }
-  for name in cases or cases_by_name:
-    metadata, change, pattern = cases_by_name[name]
-    rewrite_checkpoint(finished_checkpoint, tmp_path / f'{name}.safetensors', metadata, change)
-    result = run_cli(module, f'--checkpoint={tmp_path / name}.safetensors')
-    assert_one_line(result, pattern)
-  assert run_cli(module, f'--checkpoint={tmp_path / "same.safetensors"}').returncode == 0
+  paths = {}
+  for name, (metadata, change, pattern) in cases.items():
+    path = directory / f'{name}.safetensors'
+    rewrite_checkpoint(finished_checkpoint, path, metadata, change)
+    paths[name] = (path, pattern)
+  return paths
+
+
+def test_checkpoints_with_bad_metadata_or_weights_are_refused(finished_checkpoint, tmp_path):
+  from flags import state_dict  # pylint: disable=import-outside-toplevel
+  from iemocap.errors import CheckpointError  # pylint: disable=import-outside-toplevel
+  for path, pattern in bad_checkpoints(finished_checkpoint, tmp_path).values():
+    with pytest.raises(CheckpointError, match=pattern):
+      state_dict.load_checkpoint(str(path))
+  state_dict.load_checkpoint(str(tmp_path / 'same.safetensors'))  # the rewrite alone is fine
+
+
+@pytest.mark.parametrize('module', ['lmf_jax.evaluate', 'lmf_torch_npu.evaluate'])
+@pytest.mark.parametrize('case', ['not_json', 'nan_weights'])
+def test_evaluate_refuses_a_bad_checkpoint_in_one_line(finished_checkpoint, tmp_path, module,
+                                                       case):
+  path, pattern = bad_checkpoints(finished_checkpoint, tmp_path)[case]
+  assert_one_line(run_cli(module, f'--checkpoint={path}'), pattern)
 
 
 def test_evaluate_says_when_the_data_path_came_from_the_checkpoint(small_data_dir,
