@@ -11,16 +11,10 @@ from absl import app
 from absl import flags
 
 from flags import cli
-from flags import evaluation
 from iemocap import protocol
 from lmf_jax import checkpoint
 from lmf_jax import model as model_lib
-from lmf_jax import options
 from lmf_jax import train
-
-
-# `--help` lists the evaluate flags, not only this module's (it has none).
-flags.adopt_module_key_flags(evaluation)
 
 
 def evaluate(checkpoint_path, emotion='', data_path='', split='test'):
@@ -36,6 +30,8 @@ def evaluate(checkpoint_path, emotion='', data_path='', split='test'):
 
 @cli.user_errors_exit
 def main(argv):
+  from flags import evaluation  # pylint: disable=import-outside-toplevel  (defines flags)
+  from lmf_jax import options  # pylint: disable=import-outside-toplevel
   cli.refuse_arguments(argv)
   cli.reuse_freed_memory()
   options.refuse_training_flags()
@@ -45,4 +41,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Only the command line defines flags: importing this module as a library defines none.
+  from flags import evaluation  # pylint: disable=ungrouped-imports
+  from lmf_jax import options  # its training flags are refused by name, not unknown
+  flags.adopt_module_key_flags(evaluation)  # `--help` lists them, not only this module's (none)
   app.run(main, flags_parser=cli.parse_flags)

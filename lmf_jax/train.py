@@ -22,7 +22,6 @@ from absl import flags
 from absl import logging
 
 from flags import cli
-from flags import definitions
 from flags import state_dict
 from flags.errors import ConfigError
 from iemocap import batching
@@ -34,12 +33,8 @@ from lmf_jax import checkpoint
 from lmf_jax import device as jax_device
 from lmf_jax import model as model_lib
 from lmf_jax import optimizer
-from lmf_jax import options
 
 BACKEND = 'jax'
-# `--help` lists the shared and the JAX-only flags, not only this module's (it has none).
-flags.adopt_module_key_flags(definitions)
-flags.adopt_module_key_flags(options)
 
 @flax.struct.dataclass
 class TrainState:
@@ -210,6 +205,7 @@ def measure_performance(config, steps):
 
 def main_members(values):
   """--num_seeds / --sweep / --emotion=all: many models per emotion, one program per shape."""
+  from flags import definitions  # pylint: disable=import-outside-toplevel  (defines flags)
   from lmf_jax import multiseed  # pylint: disable=import-outside-toplevel  (it imports this module)
   if values.resume:
     raise ConfigError('--resume continues a single run; a --num_seeds/--sweep run is restarted')
@@ -236,6 +232,7 @@ def main_members(values):
 
 @cli.user_errors_exit
 def main(argv):
+  from flags import definitions  # pylint: disable=import-outside-toplevel  (defines flags)
   cli.refuse_arguments(argv)
   values = definitions.FLAGS
   cli.reuse_freed_memory()
@@ -258,4 +255,9 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Only the command line defines flags: importing this module as a library defines none.
+  from flags import definitions  # pylint: disable=ungrouped-imports
+  from lmf_jax import options
+  flags.adopt_module_key_flags(definitions)  # `--help` lists them, not only this module's (none)
+  flags.adopt_module_key_flags(options)
   app.run(main, flags_parser=cli.parse_flags)

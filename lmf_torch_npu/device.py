@@ -34,6 +34,15 @@ class DeviceError(UserError, RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
+class TorchOptions:
+  """What the torch trainer takes beyond the shared Config, as asked for (not yet resolved)."""
+  device: str = 'auto'
+  amp: str = 'auto'
+  loss_scale: str = 'auto'
+  amp_backend: str = 'native'
+
+
+@dataclasses.dataclass(frozen=True)
 class DeviceChoice:
   kind: str  # npu | cuda | cpu
   index: Optional[int]

@@ -10,17 +10,10 @@ from absl import flags
 from absl import logging
 
 from flags import cli
-from flags import evaluation
 from iemocap import protocol
 from lmf_torch_npu import checkpoint
 from lmf_torch_npu import device as device_lib
-from lmf_torch_npu import options
 from lmf_torch_npu import train
-
-
-# `--help` lists the evaluate flags, not only this module's (it has none).
-flags.adopt_module_key_flags(evaluation)
-flags.adopt_module_key_flags(options)
 
 
 def evaluate(checkpoint_path, emotion='', data_path='', split='test', device='auto'):
@@ -40,6 +33,8 @@ def evaluate(checkpoint_path, emotion='', data_path='', split='test', device='au
 
 @cli.user_errors_exit
 def main(argv):
+  from flags import evaluation  # pylint: disable=import-outside-toplevel  (defines flags)
+  from lmf_torch_npu import options  # pylint: disable=import-outside-toplevel
   cli.refuse_arguments(argv)
   cli.reuse_freed_memory()
   options.refuse_training_flags()
@@ -49,4 +44,9 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Only the command line defines flags: importing this module as a library defines none.
+  from flags import evaluation  # pylint: disable=ungrouped-imports
+  from lmf_torch_npu import options
+  flags.adopt_module_key_flags(evaluation)  # `--help` lists them, not only this module's (none)
+  flags.adopt_module_key_flags(options)
   app.run(main, flags_parser=cli.parse_flags)

@@ -1,9 +1,8 @@
-"""The torch-only flags (device and mixed precision) and the record they resolve into.
+"""The torch-only flags (device and mixed precision), read into a device.TorchOptions.
 
-Importing this module defines the flags; the shared ones live in flags/definitions.py.
+Importing this module defines the flags (command lines only); the shared ones live in
+flags/definitions.py.
 """
-
-import dataclasses
 
 from absl import flags
 
@@ -27,18 +26,9 @@ FLAGS = flags.FLAGS
 TRAINING_ONLY = ('amp', 'loss_scale', 'amp_backend')
 
 
-@dataclasses.dataclass(frozen=True)
-class TorchOptions:
-  """What the torch trainer takes beyond the shared Config, as asked for (not yet resolved)."""
-  device: str = 'auto'
-  amp: str = 'auto'
-  loss_scale: str = 'auto'
-  amp_backend: str = 'native'
-
-
 def options_from_flags(values=FLAGS):
-  return TorchOptions(device=values.device, amp=values.amp, loss_scale=values.loss_scale,
-                      amp_backend=values.amp_backend)
+  return device.TorchOptions(device=values.device, amp=values.amp, loss_scale=values.loss_scale,
+                             amp_backend=values.amp_backend)
 
 
 def refuse_training_flags(values=FLAGS):

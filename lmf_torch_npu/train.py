@@ -17,7 +17,6 @@ from absl import flags
 from absl import logging
 
 from flags import cli
-from flags import definitions
 from flags import hardware
 from flags import state_dict
 from iemocap import batching
@@ -28,12 +27,8 @@ from lmf_torch_npu import checkpoint
 from lmf_torch_npu import device as device_lib
 from lmf_torch_npu import model as model_lib
 from lmf_torch_npu import optimizer
-from lmf_torch_npu import options as options_lib
 
 BACKEND = 'torch'
-# `--help` lists the shared and the device/AMP flags, not only this module's (it has none).
-flags.adopt_module_key_flags(definitions)
-flags.adopt_module_key_flags(options_lib)
 DROPOUT_STREAM = 1  # keeps dropout seeds apart from the batch order's (seed, epoch) stream
 
 
@@ -197,7 +192,7 @@ class TorchRun:
     return (time.perf_counter() - tick) / steps, len(full[0])
 
 
-def train_and_evaluate(config, torch_options=options_lib.TorchOptions(), resume=False,
+def train_and_evaluate(config, torch_options=device_lib.TorchOptions(), resume=False,
                        on_epoch_end=None):
   """Trains (or resumes, or reports a finished run) in config.workdir; returns results.json's record."""
   dataset, is_synthetic, data_note = records.open_dataset(config)
@@ -225,6 +220,8 @@ def measure_performance(config, torch_options, steps):
 
 @cli.user_errors_exit
 def main(argv):
+  from flags import definitions  # pylint: disable=import-outside-toplevel  (defines flags)
+  from lmf_torch_npu import options as options_lib  # pylint: disable=import-outside-toplevel
   cli.refuse_arguments(argv)
   cli.reuse_freed_memory()
   config = definitions.config_from_flags()
@@ -241,4 +238,9 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Only the command line defines flags: importing this module as a library defines none.
+  from flags import definitions  # pylint: disable=ungrouped-imports
+  from lmf_torch_npu import options
+  flags.adopt_module_key_flags(definitions)  # `--help` lists them, not only this module's (none)
+  flags.adopt_module_key_flags(options)
   app.run(main, flags_parser=cli.parse_flags)

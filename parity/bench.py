@@ -34,9 +34,9 @@ from iemocap import files
 from iemocap import records
 from iemocap.errors import UserError
 from lmf_jax import train as jax_train
+from lmf_torch_npu import device as torch_device
 from lmf_torch_npu import model as torch_model
 from lmf_torch_npu import optimizer as torch_optimizer
-from lmf_torch_npu import options as torch_options
 from lmf_torch_npu import train as torch_train
 
 WORKERS_2018 = 4
@@ -137,7 +137,7 @@ def measure(contender, emotion, data_path, epochs):
       run = jax_train.JaxRun(config, dataset)
     else:
       run = torch_train.TorchRun(config, dataset, *torch_train.resolve(
-          torch_options.TorchOptions(device='cpu', amp='off')))
+          torch_device.TorchOptions(device='cpu', amp='off')))
     return summarise(backend_epochs(run, config, dataset, epochs), dataset.train.n), note
 
 

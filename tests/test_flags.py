@@ -158,3 +158,17 @@ def test_reuse_freed_memory_keeps_a_freed_large_block_in_the_process():
           for mode in ('default', 'reuse')}
   assert kept['default'] < 16
   assert kept['reuse'] > 48
+
+
+def test_importing_the_libraries_defines_no_flag_of_ours():
+  code = ('from absl import flags\n'
+          'before = set(flags.FLAGS)\n'
+          'import lmf_jax.train, lmf_jax.evaluate, lmf_jax.multiseed, lmf_torch_npu.train\n'
+          'import lmf_torch_npu.evaluate, parity.checks, parity.bench, iemocap.protocol\n'
+          'new = set(flags.FLAGS) - before\n'
+          'print(sorted(n for n in new\n'
+          '             if not flags.FLAGS.find_module_defining_flag(n).startswith("absl")))\n')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == '[]'

@@ -16,7 +16,7 @@ from iemocap import records
 from iemocap.errors import RunError
 from lmf_torch_npu import evaluate
 from lmf_torch_npu import train
-from lmf_torch_npu.options import TorchOptions
+from lmf_torch_npu.device import TorchOptions
 from run_helpers import DETERMINISTIC_KEYS, check_run_outputs, read_bytes, small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
