@@ -173,7 +173,8 @@ def read_train_state(workdir):
     progress = json.loads(metadata['progress'])
   except (KeyError, ValueError):
     raise CheckpointError(f'{path} has no readable progress record: it is damaged or was not '
-                          'written by this project; start the run again in another --workdir') from None
+                          'written by this project; start the run again in another --workdir'
+                          ) from None
   if not (isinstance(progress, dict) and isinstance(progress.get('epoch'), int)
           and isinstance(progress.get('early_stopping'), dict)):
     raise CheckpointError(f'{path} has no readable progress record: start the run again in '
