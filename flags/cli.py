@@ -73,7 +73,12 @@ def user_errors_exit(main):
       print(f'error: stopped by {signal.Signals(signum).name}; every file written so far is '
             'complete: rerun the same command to start again, or with --resume to continue a run '
             'that had saved an epoch', file=sys.stderr)
-      sys.exit(128 + signum)
+      # Out at once: a normal exit would finalise the interpreter while XLA may still be compiling
+      # on its own threads, which crashed the process (SIGSEGV) after this line. The `with`
+      # blocks the interrupt passed through have already cleaned up; only stdio needs a flush.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(128 + signum)  # pylint: disable=protected-access
 
   return wrapped
 
