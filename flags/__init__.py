@@ -1,2 +1,2 @@
-"""What both trainers share about a run: flags, presets, the Config, the Adam group rule
-and the 2018 state_dict schema. Importing `flags.definitions` registers the absl flags."""
+"""The configuration both trainers share: flag definitions, presets and the frozen Config.
+Importing any module here defines no flag; command lines call the define_* functions."""

@@ -1,5 +1,8 @@
 """The absl flags both trainers share, and their resolution into one frozen Config.
 
+Importing this module defines no flag: a command line calls define_training_flags (or
+define_data_flags) once, so a library user's process keeps its own flags.
+
 Precedence for each hyperparameter: the emotion's preset, then `--para_path`
 (the Ascend param_data.csv), then a flag given on the command line.
 """
@@ -15,35 +18,41 @@ from iemocap.data import EMOTIONS, normalize_emotion
 from iemocap.errors import DataError
 
 _PRESET_HELP = ' (default: the emotion\'s preset)'
-
-flags.DEFINE_string('emotion', 'neutral',
-                    f'Emotion task: {"|".join(EMOTIONS)}; the seed\'s spellings b\'sad\' and '
-                    '"b\'sad\'" work too.')
-flags.DEFINE_string('data_path', '', 'iemocap.pkl / iemocap.npz, or a directory holding one; '
-                    'empty: the synthetic stand-in (generated once, then cached).')
-flags.DEFINE_string('workdir', '', 'Where results, checkpoints and logs go; empty: '
-                    'runs/<backend>-<emotion>-<config fingerprint>.')
-flags.DEFINE_alias('data_url', 'data_path')
-flags.DEFINE_alias('train_url', 'workdir')
-flags.DEFINE_string('para_path', '', 'Ascend param_data.csv: per-emotion hyperparameters '
-                    '(rows angry, sad, happy, neutral; 11 numbers each).')
-flags.DEFINE_integer('epochs', 500, 'Maximum number of epochs.')
-flags.DEFINE_integer('patience', 20, 'Stop after this many epochs without a lower valid loss.')
-flags.DEFINE_integer('output_dim', 2, 'Model outputs (2: emotion absent / present).')
-flags.DEFINE_integer('seed', 0, 'Seed of the initialisation, dropout and batch order.')
-for _name in presets.INT_HPARAMS:
-  flags.DEFINE_integer(_name, None, _name.replace('_', ' ') + _PRESET_HELP)
-for _name in presets.HPARAMS:
-  if _name not in presets.INT_HPARAMS:
-    flags.DEFINE_float(_name, None, _name.replace('_', ' ') + _PRESET_HELP)
-flags.DEFINE_boolean('resume', False, 'Continue the interrupted run in --workdir.')
-flags.DEFINE_integer('perf_steps', 0, 'Performance mode: time this many train steps after a '
-                     'warm-up and print step time and samples/s instead of training.')
-
 FLAGS = flags.FLAGS
-# Flags that shape a training run, which `evaluate` refuses (it reads the checkpoint's config).
-TRAINING_ONLY = ('workdir', 'para_path', 'epochs', 'patience', 'output_dim', 'seed', 'resume',
-                 'perf_steps') + presets.HPARAMS
+
+
+def define_data_flags(flag_values=FLAGS):
+  """--emotion and --data_path (alias --data_url): what every command that reads data takes."""
+  where = {'flag_values': flag_values}
+  flags.DEFINE_string('emotion', 'neutral',
+                      f'Emotion task: {"|".join(EMOTIONS)}; the seed\'s spellings b\'sad\' and '
+                      '"b\'sad\'" work too.', **where)
+  flags.DEFINE_string('data_path', '', 'iemocap.pkl / iemocap.npz, or a directory holding one; '
+                      'empty: the synthetic stand-in (generated once, then cached).', **where)
+  flags.DEFINE_alias('data_url', 'data_path', **where)
+
+
+def define_training_flags(flag_values=FLAGS):
+  """The data flags and every flag that shapes a training run (in the process's flags unless
+  `flag_values` names others)."""
+  where = {'flag_values': flag_values}
+  define_data_flags(flag_values)
+  flags.DEFINE_string('workdir', '', 'Where results, checkpoints and logs go; empty: '
+                      'runs/<backend>-<emotion>-<config fingerprint>.', **where)
+  flags.DEFINE_alias('train_url', 'workdir', **where)
+  flags.DEFINE_string('para_path', '', 'Ascend param_data.csv: per-emotion hyperparameters '
+                      '(rows angry, sad, happy, neutral; 11 numbers each).', **where)
+  flags.DEFINE_integer('epochs', 500, 'Maximum number of epochs.', **where)
+  flags.DEFINE_integer('patience', 20, 'Stop after this many epochs without a lower valid loss.',
+                       **where)
+  flags.DEFINE_integer('output_dim', 2, 'Model outputs (2: emotion absent / present).', **where)
+  flags.DEFINE_integer('seed', 0, 'Seed of the initialisation, dropout and batch order.', **where)
+  for name in presets.HPARAMS:
+    define = flags.DEFINE_integer if name in presets.INT_HPARAMS else flags.DEFINE_float
+    define(name, None, name.replace('_', ' ') + _PRESET_HELP, **where)
+  flags.DEFINE_boolean('resume', False, 'Continue the interrupted run in --workdir.', **where)
+  flags.DEFINE_integer('perf_steps', 0, 'Performance mode: time this many train steps after a '
+                       'warm-up and print step time and samples/s instead of training.', **where)
 
 
 def config_from_flags(values=FLAGS, emotion=None):

@@ -13,8 +13,8 @@ import zlib
 
 import numpy as np
 
-from iemocap import pickle_io
 from iemocap import files
+from iemocap import pickle_io
 from iemocap.errors import DataError
 
 EMOTIONS = ('happy', 'sad', 'angry', 'neutral')

@@ -8,27 +8,3 @@ class UserError(Exception):
 
 class DataError(UserError, ValueError):
   """The data file or a request for it is unusable."""
-
-
-class RunError(UserError, RuntimeError):
-  """A run cannot start or go on (a diverged loss, a workdir that holds another run)."""
-
-
-class CheckpointError(UserError, ValueError):
-  """A checkpoint file is missing, unreadable, or does not fit the model."""
-
-
-class StopRequested(Exception):
-  """Raised by a run's on_epoch_end hook to stop after a saved epoch (e.g. on SIGTERM)."""
-
-  def __init__(self, reason, exit_code):
-    super().__init__(reason)
-    self.reason, self.exit_code = reason, exit_code
-
-
-class Interrupted(UserError):
-  """A run stopped on request at a safe point; `--resume` continues it."""
-
-  def __init__(self, message, exit_code):
-    super().__init__(message)
-    self.exit_code = exit_code

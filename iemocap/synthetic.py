@@ -29,8 +29,8 @@ import os
 import numpy as np
 
 from iemocap import data as data_lib
-from iemocap import pickle_io
 from iemocap import files
+from iemocap import pickle_io
 
 # Bump whenever the bytes for a given seed and sizes change, for any set the loader accepts
 # (sets it refuses, with a one-class split, may change: see _emotion_labels).

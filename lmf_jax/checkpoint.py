@@ -10,8 +10,8 @@ import re
 import jax
 import numpy as np
 
-from flags import state_dict
-from iemocap.errors import CheckpointError
+from engine import state_dict
+from engine.errors import CheckpointError
 
 IDENTITY = 'identity'
 TRANSPOSE = 'transpose'
@@ -114,21 +114,20 @@ def unflatten_tree(template, arrays, prefix, what):
   """The pytree shaped like `template` with leaves from `flatten_tree`'s output."""
   leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
   restored = [jax.numpy.asarray(
-      state_dict.stored(arrays, f'{prefix}{jax.tree_util.keystr(path)}', np.shape(leaf), what),
-      dtype=np.asarray(leaf).dtype) for path, leaf in leaves]
+      state_dict.stored(arrays, f'{prefix}{jax.tree_util.keystr(path)}', leaf.shape, what),
+      dtype=leaf.dtype) for path, leaf in leaves]
   return jax.tree_util.tree_unflatten(treedef, restored)
 
 
-def save_train_state(workdir, trees, progress):
-  """train_state.safetensors: everything `--resume` needs ({name: pytree} and JSON progress)."""
+def flatten_trees(trees):
+  """{name: pytree} as one {'name/key/path': numpy array} dict (a train state's arrays)."""
   arrays = {}
   for name, tree in trees.items():
     arrays.update(flatten_tree(tree, name))
-  state_dict.write_train_state(workdir, arrays, progress)
+  return arrays
 
 
-def load_train_state(workdir, templates):
-  """(trees shaped like `templates`, progress) from save_train_state's file."""
-  arrays, progress, path = state_dict.read_train_state(workdir)
+def unflatten_trees(templates, arrays, path):
+  """{name: pytree shaped like templates[name]} from flatten_trees' output read from `path`."""
   return {name: unflatten_tree(template, arrays, name, path)
-          for name, template in templates.items()}, progress
+          for name, template in templates.items()}

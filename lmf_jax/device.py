@@ -6,6 +6,7 @@ from absl import logging
 
 from flags import hardware
 
+BACKEND = 'jax'  # the name results.json and checkpoints record
 LISTED = 4  # devices named in the line; a larger host is summed up after them
 
 
@@ -19,6 +20,13 @@ def describe_devices():
   plural = 's' if len(devices) > 1 else ''
   return (f'jax {jax.__version__}: {len(devices)} {devices[0].platform} device{plural} '
           f'({", ".join(names)})')
+
+
+def run_device(devices=None):
+  """The device a run records in results.json: 'cpu:cpu', or 'cpu:cpu x4' over several."""
+  devices = devices or jax.devices()
+  count = f' x{len(devices)}' if len(devices) > 1 else ''
+  return f'{devices[0].platform}:{devices[0].device_kind}{count}'
 
 
 def unused_accelerator_warning(accelerators=None):

@@ -1,23 +1,75 @@
-"""A one-layer LSTM's final hidden state, with its backward pass written by hand.
+"""A one-layer LSTM's final hidden state: the plain recurrence, and a fast path for XLA's CPU.
 
-torch.nn.LSTM's equations (gates i, f, g, o along the 4H axis). Autodiff
-through `lax.scan` makes XLA's CPU backend run each reverse step as about a
-dozen small kernels and accumulate the recurrent weight gradient one step at a
-time. The pass here saves the gate activations and cell states, then runs one
-fused kernel and one matmul per reverse step, and leaves both weight gradients
-to two large matmuls after the loop. Together with flags.cli.reuse_freed_memory
-it took the sad preset's train step from 58 to 38 ms on the 2-core development
-CPU (WORKSPACE.md has the breakdown). Reverse mode only: jax.jvp and jacfwd
-refuse a custom_vjp function.
+`scan_last_hidden` is the definition: torch.nn.LSTM's equations (gates i, f, g,
+o along the 4H axis) as a plain `lax.scan`, differentiated by JAX in either mode.
+
+`fused_last_hidden` computes the same h_T with its backward pass written by
+hand. Autodiff through `lax.scan` makes XLA's CPU backend run each reverse step
+as about a dozen small kernels and accumulate the recurrent weight gradient one
+step at a time. The pass here saves the gate activations and cell states, then
+runs one fused kernel and one matmul per reverse step, and leaves both weight
+gradients to two large matmuls after the loop. Together with
+engine.cli.reuse_freed_memory it took the sad preset's train step from 58 to
+38 ms on the 2-core development CPU (WORKSPACE.md has the breakdown). Reverse
+mode only: jax.jvp and jacfwd refuse a custom_vjp function.
+
+`last_hidden` chooses between them when traced: 'auto' takes the fused path on
+the CPU backend, where it was measured faster, and the scan elsewhere (GPU and
+TPU are unmeasured, so they run the definition).
 """
+
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+Implementation = Literal['auto', 'scan', 'fused']
+
 # Gate index along the (batch, 4, H) view of the gates: 0 i, 1 f, 2 g, 3 o. A numpy constant,
 # so importing the model does not start a JAX backend.
 _GATE = np.arange(4)[None, :, None]
+
+
+def scan_last_hidden(x: jax.Array, w_ih: jax.Array, w_hh: jax.Array,
+                     bias: jax.Array) -> jax.Array:
+  """h_T of a one-layer LSTM over x (batch, T, in) from zero state; bias = b_ih + b_hh.
+
+  The reference: torch.nn.LSTM's cell, one lax.scan step per time step. The input
+  projection does not depend on the state, so it is one matmul over all steps.
+  """
+  gates_x = jnp.swapaxes(x, 0, 1) @ w_ih.T + bias  # (T, batch, 4H)
+
+  def step(carry, gates_x_t):
+    h, c = carry
+    i, f, g, o = jnp.split(gates_x_t + h @ w_hh.T, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (h, c), None
+
+  zeros = jnp.zeros((x.shape[0], w_hh.shape[1]), gates_x.dtype)
+  (h, _), _ = jax.lax.scan(step, (zeros, zeros), gates_x)
+  return h
+
+
+def chosen_implementation(implementation: Implementation = 'auto') -> str:
+  """'scan' or 'fused': what `last_hidden` runs for `implementation` on the default backend."""
+  if implementation == 'auto':
+    return 'fused' if jax.default_backend() == 'cpu' else 'scan'
+  if implementation not in ('scan', 'fused'):
+    raise ValueError(f"LSTM implementation {implementation!r}: use 'auto', 'scan' or 'fused'")
+  return implementation
+
+
+def last_hidden(x: jax.Array, w_ih: jax.Array, w_hh: jax.Array, bias: jax.Array, *,
+                implementation: Implementation = 'auto') -> jax.Array:
+  """h_T of a one-layer LSTM over x (batch, T, in) from zero state; bias = b_ih + b_hh.
+
+  'scan' supports both autodiff modes; 'fused' reverse mode only; 'auto' is 'fused' on CPU.
+  """
+  if chosen_implementation(implementation) == 'fused':
+    return fused_last_hidden(x, w_ih, w_hh, bias)
+  return scan_last_hidden(x, w_ih, w_hh, bias)
 
 
 def _activate(gates):
@@ -53,8 +105,9 @@ def _project(x, w_ih, bias):
 
 
 @jax.custom_vjp
-def last_hidden(x, w_ih, w_hh, bias):
-  """h_T of a one-layer LSTM over x (batch, T, in) from zero state; bias = b_ih + b_hh."""
+def fused_last_hidden(x: jax.Array, w_ih: jax.Array, w_hh: jax.Array,
+                      bias: jax.Array) -> jax.Array:
+  """scan_last_hidden's h_T with the hand-written backward pass (module docstring)."""
   return _recurrence(_project(x, w_ih, bias)[1], w_hh, keep=False)[0]
 
 
@@ -97,4 +150,4 @@ def _last_hidden_bwd(saved, dh_last):
           d_gates.sum(0))
 
 
-last_hidden.defvjp(_last_hidden_fwd, _last_hidden_bwd)
+fused_last_hidden.defvjp(_last_hidden_fwd, _last_hidden_bwd)

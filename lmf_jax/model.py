@@ -111,10 +111,13 @@ class SubNet(nn.Module):
 class LSTM(nn.Module):
   """One-layer unidirectional LSTM holding torch.nn.LSTM's parameters and layout.
 
-  Gates are ordered i, f, g, o along the 4H axis. The computation, with its
-  hand-written backward pass, is in lmf_jax/lstm.py. Returns the final hidden state h_T.
+  Gates are ordered i, f, g, o along the 4H axis. The computation is in
+  lmf_jax/lstm.py: `implementation` 'scan' is its plain recurrence (both autodiff
+  modes), 'fused' its hand-written backward pass (reverse mode only), 'auto' the
+  fused one on CPU. Returns the final hidden state h_T.
   """
   hidden: int
+  implementation: lstm.Implementation = 'auto'
 
   @nn.compact
   def __call__(self, x):  # x: (batch, time, features)
@@ -124,17 +127,18 @@ class LSTM(nn.Module):
     w_hh = self.param('weight_hh_l0', init, (4 * h_size, h_size))
     b_ih = self.param('bias_ih_l0', init, (4 * h_size,))
     b_hh = self.param('bias_hh_l0', init, (4 * h_size,))
-    return lstm.last_hidden(x, w_ih, w_hh, b_ih + b_hh)
+    return lstm.last_hidden(x, w_ih, w_hh, b_ih + b_hh, implementation=self.implementation)
 
 
 class TextSubNet(nn.Module):
   """Text encoder: LSTM over the GloVe sequence, dropout on h_T, Dense to text_out."""
   hidden: int
   out: int
+  lstm_impl: lstm.Implementation = 'auto'  # lmf_jax/lstm.py: 'scan' for forward-mode autodiff
 
   @nn.compact
   def __call__(self, x, dropout, train):
-    h = LSTM(self.hidden, name='rnn')(x)
+    h = LSTM(self.hidden, self.lstm_impl, name='rnn')(x)
     h = Dropout(name='dropout')(h, dropout, train)
     return torch_dense(self.out, self.hidden)(name='linear_1')(h)
 
@@ -154,6 +158,7 @@ class LMF(nn.Module):
   dropouts: Sequence[float]  # audio, video, text
   output_dim: int
   rank: int
+  lstm_impl: lstm.Implementation = 'auto'  # lmf_jax/lstm.py: 'scan' for forward-mode autodiff
 
   @nn.compact
   def __call__(self, audio, visual, text, train=False, dropouts=None):
@@ -161,7 +166,8 @@ class LMF(nn.Module):
     rates = self.dropouts if dropouts is None else dropouts
     audio_h = SubNet(self.audio_hidden, name='audio_subnet')(audio, rates[0], train)
     video_h = SubNet(self.video_hidden, name='video_subnet')(visual, rates[1], train)
-    text_h = TextSubNet(self.text_hidden, self.text_out, name='text_subnet')(text, rates[2], train)
+    text_h = TextSubNet(self.text_hidden, self.text_out, self.lstm_impl, name='text_subnet')(
+        text, rates[2], train)
     fused = None
     for name, h in (('audio_factor', audio_h), ('video_factor', video_h),
                     ('text_factor', text_h)):

@@ -3,7 +3,7 @@
 Each group is Adam with *coupled* L2 weight decay, as torch's Adam does it:
 the decay is added to the gradient before the moments (add_decayed_weights
 before scale_by_adam), not applied to the weights afterwards (that is adamw,
-a different optimiser). Groups come from flags/param_groups.py, matched on the
+a different optimiser). Groups come from engine/param_groups.py, matched on the
 2018 key names, and are routed with optax.partition.
 """
 
@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flags import param_groups
-from flags import state_dict
+from engine import param_groups
+from engine import state_dict
 from lmf_jax import checkpoint
 
 ADAM_B1 = 0.9

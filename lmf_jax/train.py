@@ -1,97 +1,47 @@
-"""Train LMF in JAX: `python -m lmf_jax.train --emotion=sad [--data_path=...] [--workdir=...]`.
+"""Train LMF in JAX: `python -m lmf_jax.train --emotion=sad [--data_path=...] [--workdir=...]`,
+or a population: `--num_seeds=N`, `--sweep=name=v1,v2`, `--emotion=all`.
 
-The library entry point is `train_and_evaluate(config)`; `main` only turns
-flags into a Config. The protocol (epochs, early stopping, outputs) is shared
-with the torch trainer in iemocap/protocol.py; this module supplies the
-jitted steps.
+The library entry points are `train_and_evaluate(config)` (one model) and
+`train_population(config, num_seeds, sweeps)`; `main` only turns flags into a
+Config. The protocol (epochs, early stopping, resuming, outputs) is the
+engine's (engine/protocol.py, engine/population.py), shared with the torch
+trainer; this module and lmf_jax/population.py supply the jitted programs.
 """
 
 import dataclasses
 import functools
 import os
 import time
-from typing import Any
+from typing import Optional, Sequence
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app
 from absl import flags
 from absl import logging
 
-from flags import cli
-from flags import state_dict
+from engine import cli
+from engine import datasets
+from engine import population as engine_population
+from engine import protocol
+from engine import records
+from engine import state_dict
+from engine import workdirs
+from flags import definitions
+from flags.config import Config
 from flags.errors import ConfigError
 from iemocap import batching
-from iemocap.data import EMOTIONS
-from iemocap import protocol
-from iemocap import records
 from iemocap import synthetic
+from iemocap.data import EMOTIONS, Dataset
 from lmf_jax import checkpoint
 from lmf_jax import device as jax_device
+from lmf_jax.device import BACKEND
 from lmf_jax import model as model_lib
 from lmf_jax import optimizer
-
-BACKEND = 'jax'
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-
-  def variables(self):
-    return {'params': self.params, 'batch_stats': self.batch_stats}
-
-
-def cross_entropy_sum(logits, labels):
-  """The 2018 loss: cross-entropy summed over the batch (size_average=False)."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
-
-
-def train_step(state, batch, rng, *, model, tx, dropouts=None):
-  """One Adam step on one minibatch; pure. Dropout keys are folded from the step count.
-
-  `dropouts` overrides the model's (audio, video, text) rates, e.g. per model in a sweep.
-  """
-  dropout_rng = jax.random.fold_in(rng, state.step)
-
-  def loss_fn(params):
-    logits, updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['audio'], batch['visual'],
-        batch['text'], train=True, dropouts=dropouts, rngs={'dropout': dropout_rng},
-        mutable=['batch_stats'])
-    return cross_entropy_sum(logits, batch['label']), updates['batch_stats']
-
-  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        batch_stats=batch_stats, opt_state=opt_state)
-  return state, {'loss_sum': loss}
-
-
-def eval_step(variables, batch, *, model):
-  """(summed loss, logits) in eval mode: running BatchNorm statistics, no dropout."""
-  logits = model.apply(variables, batch['audio'], batch['visual'], batch['text'], train=False)
-  return cross_entropy_sum(logits, batch['label']), logits
-
-
-def gather(data, index):
-  return jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), data)
-
-
-def train_step_on(state, data, index, rng, *, model, tx):
-  """train_step on the minibatch `index` of device-resident `data` (no host copy per step)."""
-  return train_step(state, gather(data, index), rng, model=model, tx=tx)
-
-
-def create_state(variables, tx):
-  return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                    batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']))
-
+from lmf_jax import options
+from lmf_jax import population
+from lmf_jax import steps
 
 def enable_compilation_cache():
   """Keeps compiled programs on disk, so a second run with the same shapes starts at once."""
@@ -100,16 +50,15 @@ def enable_compilation_cache():
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
 
 
-def device_description():
-  device = jax.devices()[0]
-  return f'{device.platform}:{device.device_kind}'
-
-
 class JaxRun:
-  """The JAX side of iemocap.protocol.Backend: state, data on device and jitted steps."""
-  name = BACKEND
+  """One model as an engine.protocol.Population of one: state, data on device, jitted steps.
 
-  def __init__(self, config, dataset, variables=None):
+  The steps are the plain (unvmapped) programs, so a single run is what it always was.
+  """
+  name = BACKEND
+  granule = 1  # one model, unpadded
+
+  def __init__(self, config: Config, dataset: Dataset, variables: Optional[dict] = None):
     """`variables` ({'params', 'batch_stats'}) replaces the seeded initialisation, e.g. with
     weights converted from torch; dropout keys still come from config.seed."""
     state_dict.check_fits_in_memory(config, dataset.input_dims)
@@ -120,126 +69,156 @@ class JaxRun:
       variables = model_lib.init(self.model, init_rng, dataset.input_dims,
                                  dataset.train.text.shape[1])
     self.tx = optimizer.make(config, variables['params'])
-    self.state = create_state(variables, self.tx)
+    self.state = steps.create_state(variables, self.tx)
     self.best = jax.device_get(self.state.variables())
     self.data = {name: jax.device_put(dataset.split(name).arrays())
                  for name in ('train', 'valid', 'test')}
-    self._step = jax.jit(functools.partial(train_step_on, model=self.model, tx=self.tx),
+    self._step = jax.jit(functools.partial(steps.train_step_on, model=self.model, tx=self.tx),
                          donate_argnums=0)
-    self._eval = jax.jit(functools.partial(eval_step, model=self.model))
+    self._eval = jax.jit(functools.partial(steps.eval_step, model=self.model))
 
-  def train_epoch(self, batches):
-    losses = []
-    for index in batches:
-      self.state, step_metrics = self._step(self.state, self.data['train'], index,
-                                            self.dropout_rng)
-      losses.append(step_metrics['loss_sum'])
-    return float(jnp.sum(jnp.stack(losses)))  # the epoch's one host sync
+  def batches(self, epoch: int) -> list:
+    """Epoch `epoch`'s minibatch index arrays (iemocap.batching: from seed and epoch alone)."""
+    n = self.data['train']['label'].shape[0]
+    return batching.epoch_batches(n, self.config.batch_size, self.config.seed, epoch)
+
+  def train_on(self, index: np.ndarray) -> jax.Array:
+    """One Adam step on the train rows `index`; returns its summed loss, still on the device."""
+    self.state, step_metrics = self._step(self.state, self.data['train'], index,
+                                          self.dropout_rng)
+    return step_metrics['loss_sum']
+
+  def train_epoch(self, epoch, active):
+    if not active[0]:
+      return np.zeros(1)
+    losses = [self.train_on(index) for index in self.batches(epoch)]
+    return np.array([float(jnp.sum(jnp.stack(losses)))])  # the epoch's one host sync
 
   def evaluate(self, split, best):
     variables = self.best if best else self.state.variables()
     loss, logits = self._eval(variables, self.data[split])
-    return float(loss), np.asarray(logits)
+    return np.array([float(loss)]), np.asarray(logits)[None]
 
-  def keep_best(self, workdir, epoch):
-    self.best = jax.device_get(self.state.variables())
-    checkpoint.save(os.path.join(workdir, records.CHECKPOINT), self.best, self.config,
-                    {'epoch': epoch})
+  def keep_best(self, improved):
+    if improved[0]:
+      self.best = jax.device_get(self.state.variables())
 
-  def save_progress(self, workdir, progress):
-    # The best weights travel with the state: checkpoint.safetensors may be an epoch ahead of
-    # `progress` if the run stopped between the two writes.
-    checkpoint.save_train_state(workdir, {'state': self.state, 'best': self.best}, progress)
+  def best_state_dicts(self, indices):
+    return [checkpoint.to_state_dict(self.best, self.config) for _ in indices]
 
-  def restore(self, workdir):
-    trees, progress = checkpoint.load_train_state(workdir, {'state': self.state,
-                                                            'best': self.best})
+  def variables(self) -> dict:
+    """The current weights and BatchNorm statistics, on the host."""
+    return jax.device_get(self.state.variables())
+
+  def train_state(self):
+    return checkpoint.flatten_trees({'state': self.state, 'best': self.best}), {}
+
+  def load_train_state(self, arrays, progress, path):
+    trees = checkpoint.unflatten_trees({'state': self.state, 'best': self.best}, arrays, path)
     self.state, self.best = trees['state'], jax.device_get(trees['best'])
-    return progress
 
   def describe_device(self):
-    return device_description()
+    return jax_device.run_device()
 
-  def time_steps(self, steps, warmup=3):
+  def time_steps(self, count, warmup=3):
     """Seconds per train step on full-size batches, compilation and warm-up excluded."""
-    n, size = self.data['train']['label'].shape[0], self.config.batch_size
-    full = [b for b in batching.epoch_batches(n, size, self.config.seed, 1) if len(b) == size]
-    full = full or batching.epoch_batches(n, size, self.config.seed, 1)[:1]
+    size = self.config.batch_size
+    full = [b for b in self.batches(1) if len(b) == size] or self.batches(1)[:1]
     for i in range(warmup):
-      self.state, _ = self._step(self.state, self.data['train'], full[i % len(full)],
-                                 self.dropout_rng)
+      self.train_on(full[i % len(full)])
     jax.block_until_ready(self.state)
     tick = time.perf_counter()
-    for i in range(steps):
-      self.state, _ = self._step(self.state, self.data['train'], full[i % len(full)],
-                                 self.dropout_rng)
+    for i in range(count):
+      self.train_on(full[i % len(full)])
     jax.block_until_ready(self.state)
-    return (time.perf_counter() - tick) / steps, len(full[0])
+    return (time.perf_counter() - tick) / count, len(full[0])
 
 
-def train_and_evaluate(config, resume=False, on_epoch_end=None):
+def train_and_evaluate(config: Config, resume: bool = False,
+                       on_epoch_end: Optional[protocol.OnEpochEnd] = None) -> dict:
   """Trains (or resumes, or reports a finished run) in config.workdir; returns results.json's record."""
-  dataset, is_synthetic, data_note = records.open_dataset(config)
+  dataset, is_synthetic, data_note = datasets.open_dataset(config)
   logging.info(data_note)
   jax_device.log_devices()
-  with records.claim_workdir(config, BACKEND, {}, resume) as (config, status):
+  with workdirs.claim_workdir(config, BACKEND, {}, resume) as (config, status):
     if status == 'complete':
       logging.info('%s already holds the finished run: reporting it', config.workdir)
       return protocol.finished_record(config)
-    logging.info('workdir %s, device %s, config %s', config.workdir, device_description(),
+    logging.info('workdir %s, device %s, config %s', config.workdir, jax_device.run_device(),
                  config.to_dict())
     run = JaxRun(config, dataset)
     return protocol.train_and_evaluate(config, run, dataset, is_synthetic, status, on_epoch_end)
 
 
-def measure_performance(config, steps):
+def train_population(config: Config, num_seeds: int = 1, sweeps: Sequence = (),
+                     save_members: bool = False, resume: bool = False,
+                     on_epoch_end: Optional[protocol.OnEpochEnd] = None) -> dict:
+  """Trains (or resumes, or reports) seeds x settings of one emotion in config.workdir, vmapped
+  in one program per shape; returns results.json's record."""
+  dataset, is_synthetic, data_note = datasets.open_dataset(config)
+  logging.info(data_note)
+  jax_device.log_devices()
+  members = engine_population.member_configs(config, num_seeds, sweeps)  # refused before a claim
+  options_record = {'num_seeds': num_seeds, 'sweep': [[n, v] for n, v in sweeps]}
+  with workdirs.claim_workdir(config, BACKEND, options_record, resume) as (config, status):
+    if status == 'complete':
+      logging.info('%s already holds the finished run: reporting it', config.workdir)
+      return protocol.finished_record(config)
+    members = engine_population.member_configs(config, num_seeds, sweeps)
+    return engine_population.train_population(
+        config, members, lambda configs: population.JaxPopulation(configs, dataset), dataset,
+        is_synthetic, status, save_members, on_epoch_end)
+
+
+def measure_performance(config: Config, count: int) -> dict:
   """The seed's performance mode: step time and samples/s (FPS) after a warm-up."""
-  dataset, _, data_note = records.open_dataset(config)
+  dataset, _, data_note = datasets.open_dataset(config)
   logging.info(data_note)
   jax_device.log_devices()
   run = JaxRun(config, dataset)
-  step_s, batch_size = run.time_steps(steps)
-  return {'backend': BACKEND, 'device': device_description(), 'emotion': config.emotion,
-          **records.perf_report(batch_size, step_s, steps)}
+  step_s, batch_size = run.time_steps(count)
+  return {'backend': BACKEND, 'device': jax_device.run_device(), 'emotion': config.emotion,
+          **records.perf_report(batch_size, step_s, count)}
 
 
-def main_members(values):
+def main_members(values, stop):
   """--num_seeds / --sweep / --emotion=all: many models per emotion, one program per shape."""
-  from flags import definitions  # pylint: disable=import-outside-toplevel  (defines flags)
-  from lmf_jax import multiseed  # pylint: disable=import-outside-toplevel  (it imports this module)
-  if values.resume:
-    raise ConfigError('--resume continues a single run; a --num_seeds/--sweep run is restarted')
-  sweeps = multiseed.parse_sweeps(values.sweep)
+  sweeps = engine_population.parse_sweeps(values.sweep)
   emotions = EMOTIONS if values.emotion.strip().lower() == 'all' else [None]
   if values.perf_steps > 0:
     for emotion in emotions:
       config = definitions.config_from_flags(values, emotion)
-      print(records.format_perf(multiseed.measure_performance(config, values.num_seeds,
-                                                              values.perf_steps)))
+      print(records.format_perf(population.measure_performance(config, values.num_seeds,
+                                                               values.perf_steps)))
     return
-  results = []
+  configs = []
   for emotion in emotions:
     config = definitions.config_from_flags(values, emotion)
     if emotion and values.workdir:
       config = dataclasses.replace(config, workdir=os.path.join(values.workdir, emotion))
-    results.append(multiseed.train_members(config, values.num_seeds, sweeps,
-                                           values.save_members))
-    print(multiseed.format_members(results[-1]))
+    configs.append(config)
+  options_record = {'num_seeds': values.num_seeds, 'sweep': [[n, v] for n, v in sweeps]}
+  resumes = [values.resume and workdirs.holds_run(c, BACKEND, options_record) for c in configs]
+  if values.resume and not any(resumes):
+    raise ConfigError('--resume: no workdir of this command holds a run to continue')
+  results = []
+  for config, resume in zip(configs, resumes):
+    results.append(train_population(config, values.num_seeds, sweeps, values.save_members,
+                                    resume, stop.check))
+    print(engine_population.format_members(results[-1]))
     print(f'outputs: {results[-1]["workdir"]}')
   if len(results) > 1:
-    print(multiseed.emotions_table(results))
+    print(engine_population.emotions_table(results))
 
 
 @cli.user_errors_exit
 def main(argv):
-  from flags import definitions  # pylint: disable=import-outside-toplevel  (defines flags)
   cli.refuse_arguments(argv)
   values = definitions.FLAGS
   cli.reuse_freed_memory()
   enable_compilation_cache()
   if values.num_seeds != 1 or values.sweep or values.emotion.strip().lower() == 'all':
-    cli.StopNow().install()  # a population cannot resume yet: nothing to save first
-    main_members(values)
+    main_members(values, cli.StopOnSignal().install())
     return
   if values.save_members:
     raise ConfigError('--save_members needs --num_seeds > 1, --sweep or --emotion=all: a single '
@@ -256,8 +235,8 @@ def main(argv):
 
 if __name__ == '__main__':
   # Only the command line defines flags: importing this module as a library defines none.
-  from flags import definitions  # pylint: disable=ungrouped-imports
-  from lmf_jax import options
+  definitions.define_training_flags()
+  options.define_flags()
   flags.adopt_module_key_flags(definitions)  # `--help` lists them, not only this module's (none)
   flags.adopt_module_key_flags(options)
   app.run(main, flags_parser=cli.parse_flags)

@@ -1,15 +1,15 @@
 """torch tensors <-> the 2018 state_dict, and the files that hold them.
 
 The module's own state_dict already carries the 2018 keys and layouts, so the
-map is the identity; flags/state_dict.py checks the key set and shapes both
+map is the identity; engine/state_dict.py checks the key set and shapes both
 ways. Files are safetensors with JSON metadata: nothing is ever unpickled.
 """
 
 import numpy as np
 import torch
 
-from flags import state_dict
-from iemocap.errors import CheckpointError
+from engine import state_dict
+from engine.errors import CheckpointError
 from lmf_torch_npu import model as model_lib
 
 ADAM_STATE = ('step', 'exp_avg', 'exp_avg_sq')
@@ -78,18 +78,16 @@ def load_optimizer_tensors(optimizer, tensors):
   optimizer.load_state_dict({'state': state, 'param_groups': saved['param_groups']})
 
 
-def save_train_state(workdir, trees, progress):
-  """train_state.safetensors: everything `--resume` needs ({name: {key: tensor}} and progress)."""
-  state_dict.write_train_state(workdir, {f'{name}/{key}': to_numpy(value)
-                                         for name, tree in trees.items()
-                                         for key, value in tree.items()}, progress)
+def flatten_tensors(trees):
+  """{name: {key: tensor}} as one {'name/key': numpy array} dict (a train state's arrays)."""
+  return {f'{name}/{key}': to_numpy(value) for name, tree in trees.items()
+          for key, value in tree.items()}
 
 
-def load_train_state(workdir, shapes):
-  """({name: {key: CPU tensor}}, progress) from save_train_state's file, checked against
+def unflatten_tensors(shapes, arrays, path):
+  """{name: {key: CPU tensor}} from flatten_tensors' output read from `path`, checked against
   `shapes` ({name: {key: shape}})."""
-  arrays, progress, path = state_dict.read_train_state(workdir)
   return {name: {key: torch.from_numpy(np.array(state_dict.stored(arrays, f'{name}/{key}', shape,
                                                                   path)))
                  for key, shape in expected.items()}
-          for name, expected in shapes.items()}, progress
+          for name, expected in shapes.items()}

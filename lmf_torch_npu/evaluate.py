@@ -9,44 +9,45 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from flags import cli
-from iemocap import protocol
+from engine import cli
+from engine import evaluation as engine_evaluation
+from flags import definitions
+from flags import evaluation
 from lmf_torch_npu import checkpoint
 from lmf_torch_npu import device as device_lib
-from lmf_torch_npu import train
+from lmf_torch_npu import options
+from lmf_torch_npu import steps
 
 
 def evaluate(checkpoint_path, emotion='', data_path='', split='test', device='auto'):
   """evaluate's report (F1, accuracy, mean loss, N) for a checkpoint on a split."""
   model, saved_config, metadata = checkpoint.load(checkpoint_path)
-  config, dataset, is_synthetic = protocol.evaluation_data(saved_config, emotion, data_path)
+  config, dataset, is_synthetic = engine_evaluation.evaluation_data(saved_config, emotion, data_path)
   choice = device_lib.select_device(device)
   logging.info('device %s (%s)', choice.name, choice.why)
   device_lib.activate(choice)
   model = model.to(choice.torch_device())
-  loss, logits = train.eval_step(model, train.to_device(dataset.split(split).arrays(),
+  loss, logits = steps.eval_step(model, steps.to_device(dataset.split(split).arrays(),
                                                         choice.torch_device()))
   # The one host sync: the loss and logits are read back once.
-  return protocol.evaluation_report(checkpoint_path, dataset, is_synthetic, split, loss.item(),
+  return engine_evaluation.evaluation_report(checkpoint_path, dataset, is_synthetic, split, loss.item(),
                                     logits.cpu().numpy(), metadata)
 
 
 @cli.user_errors_exit
 def main(argv):
-  from flags import evaluation  # pylint: disable=import-outside-toplevel  (defines flags)
-  from lmf_torch_npu import options  # pylint: disable=import-outside-toplevel
   cli.refuse_arguments(argv)
   cli.reuse_freed_memory()
-  options.refuse_training_flags()
-  report = evaluate(*evaluation.evaluation_request(), device=options.FLAGS.device)
-  print(json.dumps(report, indent=2) if evaluation.FLAGS.json
-        else protocol.format_evaluation(report))
+  report = evaluate(*engine_evaluation.evaluation_request(flags.FLAGS), device=flags.FLAGS.device)
+  print(json.dumps(report, indent=2) if flags.FLAGS.json
+        else engine_evaluation.format_evaluation(report))
 
 
 if __name__ == '__main__':
   # Only the command line defines flags: importing this module as a library defines none.
-  from flags import evaluation  # pylint: disable=ungrouped-imports
-  from lmf_torch_npu import options
-  flags.adopt_module_key_flags(evaluation)  # `--help` lists them, not only this module's (none)
+  evaluation.define_flags()
+  options.define_device_flag()
+  flags.adopt_module_key_flags(evaluation)
+  flags.adopt_module_key_flags(definitions)  # `--help` lists them, not only this module's (none)
   flags.adopt_module_key_flags(options)
   app.run(main, flags_parser=cli.parse_flags)

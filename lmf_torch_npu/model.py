@@ -1,7 +1,7 @@
 """Low-rank Multimodal Fusion as a torch nn.Module: the 2018 module, fixed and device-neutral.
 
 The attribute names are the 2018 ones, so `state_dict()` lists exactly the
-2018 keys in their order (flags/state_dict.py) and loads into the original
+2018 keys in their order (engine/state_dict.py) and loads into the original
 module. Differences from the 2018 code, none of which changes a result: no
 `.cuda()` in the constructor (the trainer picks the device), no `.squeeze()`
 (it broke batch size 1), the never-applied post-fusion dropout and the LSTM's
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flags import state_dict
+from engine import state_dict
 from lmf_torch_npu import device
 
 

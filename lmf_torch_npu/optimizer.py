@@ -1,6 +1,6 @@
 """torch.optim.Adam with LMF's two parameter groups, as the 2018 code built it.
 
-Groups come from flags/param_groups.py, matched on the module's parameter
+Groups come from engine/param_groups.py, matched on the module's parameter
 names (the 2018 ones), so both backends split the parameters by one rule.
 Weight decay is Adam's own: *coupled* L2, added to the gradient before the
 moments, for every parameter. Each group records its parameters' names, which
@@ -11,7 +11,7 @@ import torch
 from torch import torch_version
 from absl import logging
 
-from flags import param_groups
+from engine import param_groups
 
 # torch's Adam defaults, which the 2018 code used; lmf_jax/optimizer.py states the same numbers.
 ADAM_BETAS = (0.9, 0.999)

@@ -23,10 +23,11 @@ import time
 
 from absl import flags as absl_flags
 
-from flags import cli
+from engine import cli
+from engine import datasets
+from engine import records
 from iemocap import data as data_lib
 from iemocap import files
-from iemocap import records
 from iemocap.errors import UserError
 from parity import checks
 
@@ -83,7 +84,7 @@ def main(argv=None):
       cli.check_output_file(args.json, '--json')
     emotions = (data_lib.EMOTIONS if args.emotion.strip().lower() == 'all'
                 else [data_lib.normalize_emotion(args.emotion)])
-    records.open_dataset(checks.parity_config(emotions[0], args.data_path))  # fail fast, once
+    datasets.open_dataset(checks.parity_config(emotions[0], args.data_path))  # fail fast, once
     choice = checks.torch_choice(args.torch_device)
     options = {k: getattr(args, k) for k in ('data_path', 'epochs', 'seeds', 'dtypes',
                                              'batch_size', 'train_samples', 'jobs',

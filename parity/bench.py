@@ -25,14 +25,16 @@ from absl import flags as absl_flags
 from absl import logging
 from torch.utils.data import DataLoader
 
-from flags import cli
+from engine import cli
+from engine import datasets
+from engine import records
 from flags import presets
 from flags.config import Config
 from iemocap import batching
 from iemocap import data as data_lib
 from iemocap import files
-from iemocap import records
 from iemocap.errors import UserError
+from lmf_jax import device as jax_device
 from lmf_jax import train as jax_train
 from lmf_torch_npu import device as torch_device
 from lmf_torch_npu import model as torch_model
@@ -96,12 +98,12 @@ def loop_2018(config, dataset, epochs):
   return times
 
 
-def backend_epochs(run, config, dataset, epochs):
-  """Per-epoch (train seconds, train+valid seconds) of a trainer's Backend (as the protocol runs it)."""
+def backend_epochs(run, epochs):
+  """Per-epoch (train seconds, train+valid seconds) of a trainer's run (as the engine runs it)."""
   times = []
   for epoch in range(1, epochs + 1):
     tick = time.perf_counter()
-    run.train_epoch(batching.epoch_batches(dataset.train.n, config.batch_size, config.seed, epoch))
+    run.train_epoch(epoch, [True])
     train_s = time.perf_counter() - tick
     run.evaluate('valid', best=False)
     times.append((train_s, time.perf_counter() - tick))
@@ -118,7 +120,7 @@ def summarise(times, n_train):
 
 def preset_data(emotion, data_path):
   config = Config(emotion=emotion, data_path=data_path, seed=0, **presets.PRESETS[emotion])
-  dataset, _, note = records.open_dataset(config)
+  dataset, _, note = datasets.open_dataset(config)
   return config, dataset, note
 
 
@@ -138,7 +140,7 @@ def measure(contender, emotion, data_path, epochs):
     else:
       run = torch_train.TorchRun(config, dataset, *torch_train.resolve(
           torch_device.TorchOptions(device='cpu', amp='off')))
-    return summarise(backend_epochs(run, config, dataset, epochs), dataset.train.n), note
+    return summarise(backend_epochs(run, epochs), dataset.train.n), note
 
 
 def in_fresh_process(*args):
@@ -184,7 +186,7 @@ def main(argv=None):
     print(f'error: {e}', file=sys.stderr)
     return 2
   report = {'machine': f'{os.cpu_count()} CPU cores, torch {torch.__version__}, '
-                        f'jax {jax_train.device_description()}', 'emotions': {}}
+                        f'jax {jax_device.run_device()}', 'emotions': {}}
   for emotion in emotions:
     figures = {}
     for name in CONTENDERS:

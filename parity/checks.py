@@ -25,22 +25,25 @@ import torch
 from absl import flags as absl_flags
 from absl import logging
 
-from flags import cli
+from engine import cli
+from engine import datasets
+from engine import protocol
+from engine import records
+from engine import state_dict
+from engine import workdirs
 from flags import presets
-from flags import state_dict
 from flags.config import Config
 from iemocap import batching
 from iemocap import metrics
-from iemocap import protocol
-from iemocap import records
 from lmf_jax import checkpoint as jax_checkpoint
 from lmf_jax import evaluate as jax_evaluate
 from lmf_jax import model as jax_model
+from lmf_jax import steps as jax_steps
 from lmf_jax import train as jax_train
 from lmf_torch_npu import checkpoint as torch_checkpoint
 from lmf_torch_npu import device as torch_device
 from lmf_torch_npu import evaluate as torch_evaluate
-from lmf_torch_npu import optimizer as torch_optimizer
+from lmf_torch_npu import steps as torch_steps
 from lmf_torch_npu import train as torch_train
 from parity import tolerances
 
@@ -215,7 +218,7 @@ def check_conversion(pair, emotion):
 def check_eval_logits(pair, dataset, emotion):
   """Eval-mode logits on the whole test split (running BatchNorm statistics)."""
   test = dataset.test.arrays()
-  _, jax_logits = jax.jit(functools.partial(jax_train.eval_step, model=pair.jax_model))(
+  _, jax_logits = jax.jit(functools.partial(jax_steps.eval_step, model=pair.jax_model))(
       pair.jax, test)
   pair.torch.eval()
   with torch.no_grad():
@@ -256,13 +259,13 @@ def check_gradients(pair, dataset, emotion):
     logits, _ = pair.jax_model.apply({'params': params, 'batch_stats': pair.jax['batch_stats']},
                                      batch['audio'], batch['visual'], batch['text'], train=True,
                                      mutable=['batch_stats'])
-    return jax_train.cross_entropy_sum(logits, batch['label'])
+    return jax_steps.cross_entropy_sum(logits, batch['label'])
 
   grads = jax.jit(jax.grad(loss_fn))(pair.jax['params'])
   jax_grads = pair.jax_arrays({'params': grads, 'batch_stats': pair.jax['batch_stats']})
   model = pair.torch_model(pair.torch_arrays()).train()
   tensors = torch_batch(batch, pair.device)
-  loss = torch_train.cross_entropy_sum(model(tensors['audio'], tensors['visual'], tensors['text']),
+  loss = torch_steps.cross_entropy_sum(model(tensors['audio'], tensors['visual'], tensors['text']),
                                        tensors['label'])
   loss.backward()
   torch_grads = {name: p.grad.cpu().numpy() for name, p in model.named_parameters()}
@@ -282,18 +285,15 @@ def step_batches(dataset, config, steps):
 def check_adam_steps(pair, dataset, emotion, steps=ADAM_STEPS):
   """Every parameter and running statistic after `steps` two-group Adam+L2 steps.
 
-  Both sides take the trainers' own steps (JaxRun's jitted program, torch_train.train_step).
+  Both sides take the trainers' own steps through their public interface (train_on).
   """
   config = pair.config
-  run = _jax_run(config, dataset, pair.jax)
-  model = pair.torch_model(pair.torch_arrays()).train()
-  torch_tx = torch_optimizer.make(config, model, pair.choice.kind)
-  precision = torch_device.MixedPrecision(pair.choice, FP32)
+  jax_run = _jax_run(config, dataset, pair.jax)
+  torch_run = _torch_run(config, dataset, pair.torch_arrays(), pair.choice)
   for index in step_batches(dataset, config, steps):
-    run.state, _ = run._step(run.state, run.data['train'], index, run.dropout_rng)  # pylint: disable=protected-access
-    torch_train.train_step(model, torch_tx, torch_batch(dataset.train.take(index), pair.device),
-                           precision)
-  ours, theirs = pair.jax_arrays(run.state.variables()), pair.torch_arrays(model)
+    jax_run.train_on(index)
+    torch_run.train_on(torch.from_numpy(index).to(pair.device))
+  ours, theirs = pair.jax_arrays(jax_run.variables()), pair.torch_arrays(torch_run.model)
   params = [k for k in theirs if not state_dict.is_buffer(k)]
   stats = [k for k in theirs if k.endswith(('running_mean', 'running_var'))]
   diff, where = worst({k: ours[k] for k in params}, {k: theirs[k] for k in params})
@@ -318,12 +318,10 @@ def _jax_run(config, dataset, initial):
   return jax_train.JaxRun(config, dataset, variables=initial)
 
 
-def _torch_run(config, dataset, initial_arrays, dtype, choice=CPU):
-  run = torch_train.TorchRun(config, dataset, choice, FP32)
-  run.model.to(getattr(torch, dtype))
-  run.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in initial_arrays.items()})
-  run.best = run._snapshot()  # pylint: disable=protected-access
-  return run
+def _torch_run(config, dataset, initial_arrays, choice=CPU):
+  return torch_train.TorchRun(config, dataset, choice, FP32,
+                              state={k: torch.from_numpy(np.array(v))
+                                     for k, v in initial_arrays.items()})
 
 
 def train_both(pair, dataset, workdir, epochs):
@@ -335,11 +333,11 @@ def train_both(pair, dataset, workdir, epochs):
   out, history = {}, {}
   for backend in ('jax', 'torch'):
     backend_config = dataclasses.replace(config, workdir=os.path.join(workdir, backend))
-    backend_config, status = records.prepare_workdir(backend_config, backend, {}, resume=False)
+    backend_config, status = workdirs.prepare_workdir(backend_config, backend, {}, resume=False)
     if backend == 'jax':
       run = _jax_run(backend_config, dataset, pair.jax)
     else:
-      run = _torch_run(backend_config, dataset, pair.torch_arrays(), pair.dtype, pair.choice)
+      run = _torch_run(backend_config, dataset, pair.torch_arrays(), pair.choice)
     out[backend] = protocol.train_and_evaluate(backend_config, run, dataset, True, status)
     history[backend] = records.read_metrics(backend_config.workdir)
   return out, history
@@ -397,7 +395,7 @@ def check_amp(pair, dataset, emotion):
   """torch autocast (bf16 on the CPU, fp16 on GPU/NPU) against the JAX float32 forward, relative
   to the logits' scale."""
   test = dataset.test.arrays()
-  _, jax_logits = jax.jit(functools.partial(jax_train.eval_step, model=pair.jax_model))(
+  _, jax_logits = jax.jit(functools.partial(jax_steps.eval_step, model=pair.jax_model))(
       pair.jax, test)
   results = []
   for choice, dtype in amp_devices():
@@ -426,7 +424,7 @@ def check_dropout_training(dataset, emotion, workdir, seeds, epochs, batch_size=
     for backend in ('jax', 'torch'):
       backend_config = dataclasses.replace(
           config, workdir=os.path.join(workdir, f'dropout-{backend}-{seed}'))
-      backend_config, status = records.prepare_workdir(backend_config, backend, {}, resume=False)
+      backend_config, status = workdirs.prepare_workdir(backend_config, backend, {}, resume=False)
       if backend == 'jax':
         run = jax_train.JaxRun(backend_config, dataset)
       else:
@@ -493,7 +491,7 @@ def check_emotion(emotion, options):
   choice = torch_choice(options['torch_device'])
   torch_device.activate(choice)
   gpu_precision(choice)
-  dataset, is_synthetic, note = records.open_dataset(parity_config(emotion, options['data_path']))
+  dataset, is_synthetic, note = datasets.open_dataset(parity_config(emotion, options['data_path']))
   results = run_emotion(emotion, dataset, options['epochs'], options['seeds'], options['dtypes'],
                         options['batch_size'], options['train_samples'], choice=choice)
   return results, note, is_synthetic

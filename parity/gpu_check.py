@@ -30,10 +30,10 @@ import sys
 import tempfile
 import time
 
-from flags import cli
+from engine import cli
+from engine import records
 from flags import hardware
 from iemocap import files
-from iemocap import records
 from iemocap import synthetic
 from iemocap.errors import UserError
 
@@ -146,14 +146,14 @@ def parse_perf(stdout):
 
 
 def parse_main(workdir):
-  record = records.read_json(os.path.join(workdir, records.RESULTS_JSON))
+  record = files.read_json(os.path.join(workdir, records.RESULTS_JSON))
   return {k: record[k] for k in ('f1', 'accuracy', 'epochs_run', 'best_epoch', 'stopped_by',
                                  'train_samples_per_s', 'wall_s')}
 
 
 def parse_parity(path):
   """Passed/total, the failures, and the largest difference per (check, dtype) over emotions."""
-  results = records.read_json(path)
+  results = files.read_json(path)
   worst = {}
   for r in results:
     key = f'{r["check"]}/{r["dtype"]}'

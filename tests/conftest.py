@@ -8,7 +8,7 @@ import pytest
 os.environ['LMF_CACHE_DIR'] = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..',
                                           '.cache', 'test-cache')
 
-from flags import cli  # pylint: disable=wrong-import-position
+from engine import cli  # pylint: disable=wrong-import-position
 from iemocap import synthetic  # pylint: disable=wrong-import-position
 from lmf_jax import train as jax_train  # pylint: disable=wrong-import-position
 

@@ -2,9 +2,10 @@
 
 import os
 
-from flags import state_dict
+from engine import records
+from engine import state_dict
 from flags.config import Config
-from iemocap import records
+from iemocap import files
 
 # A model small enough to train in seconds on the small synthetic set, every part present.
 SMALL = dict(audio_hidden=8, video_hidden=4, text_hidden=16, audio_dropout=0.2, video_dropout=0.1,
@@ -32,13 +33,13 @@ def check_run_outputs(workdir, config, record, backend):
   for name in (records.RESULTS_JSON, records.RESULTS_CSV, records.METRICS_JSONL,
                records.LOSS_CURVE, records.CONFIG_JSON, records.CHECKPOINT):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
-  saved = records.read_json(os.path.join(workdir, records.RESULTS_JSON))
+  saved = files.read_json(os.path.join(workdir, records.RESULTS_JSON))
   assert all(key in saved for key in records.RESULT_KEYS)
   assert saved['backend'] == backend
   history = records.read_metrics(workdir)
   assert [row['epoch'] for row in history] == list(range(1, record['epochs_run'] + 1))
   assert min(row['valid_loss'] for row in history) == record['best_valid_loss']
-  config_json = records.read_json(os.path.join(workdir, records.CONFIG_JSON))
+  config_json = files.read_json(os.path.join(workdir, records.CONFIG_JSON))
   assert config_json['backend'] == backend
   arrays, metadata = state_dict.load(os.path.join(workdir, records.CHECKPOINT))
   state_dict.check(arrays, config)

@@ -14,9 +14,9 @@ import zipfile
 import numpy as np
 import pytest
 
-import iemocap
 from iemocap import data as data_lib
 from iemocap import pickle_io
+import iemocap
 
 
 def _split(n, rng, label_rows=None):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 
 from flags import definitions
 from flags import presets
@@ -19,8 +20,12 @@ SEED_CSV = """0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0
 """
 
 
+_VALUES = flags.FlagValues()
+definitions.define_training_flags(_VALUES)
+
+
 def resolve(*argv):
-  values = definitions.FLAGS
+  values = _VALUES
   values.unparse_flags()
   values(['prog', *argv])
   try:
@@ -123,7 +128,8 @@ def test_config_is_frozen_serialisable_and_fingerprinted():
 
 
 def test_command_line_prints_one_error_line_and_exits_2(tmp_path):
-  code = ('import sys; from absl import app; from flags import definitions, cli\n'
+  code = ('import sys; from absl import app; from flags import definitions\n'
+          'from engine import cli; definitions.define_training_flags()\n'
           'app.run(cli.user_errors_exit(lambda argv: print(definitions.config_from_flags())))')
   result = subprocess.run([sys.executable, '-c', code, '--emotion=joy'], capture_output=True,
                           text=True, check=False)
@@ -135,7 +141,7 @@ def test_command_line_prints_one_error_line_and_exits_2(tmp_path):
 FREED_64MB_RESIDENT = """
 import os, sys
 import numpy as np
-from flags import cli
+from engine import cli
 if sys.argv[1] == 'reuse' and not cli.reuse_freed_memory():
   sys.exit('mallopt refused')
 def resident():
@@ -161,13 +167,15 @@ def test_reuse_freed_memory_keeps_a_freed_large_block_in_the_process():
 
 
 def test_importing_the_libraries_defines_no_flag_of_ours():
-  code = ('from absl import flags\n'
-          'before = set(flags.FLAGS)\n'
-          'import lmf_jax.train, lmf_jax.evaluate, lmf_jax.multiseed, lmf_torch_npu.train\n'
-          'import lmf_torch_npu.evaluate, parity.checks, parity.bench, iemocap.protocol\n'
-          'new = set(flags.FLAGS) - before\n'
+  code = ('from absl import flags as absl_flags\n'
+          'before = set(absl_flags.FLAGS)\n'
+          'import lmf_jax.train, lmf_jax.evaluate, lmf_jax.population, lmf_torch_npu.train\n'
+          'import lmf_torch_npu.evaluate, parity.checks, parity.bench, engine.protocol\n'
+          'import flags.definitions, flags.evaluation, lmf_jax.options, lmf_torch_npu.options\n'
+          'import engine.cli, engine.evaluation, engine.workdirs\n'
+          'new = set(absl_flags.FLAGS) - before\n'
           'print(sorted(n for n in new\n'
-          '             if not flags.FLAGS.find_module_defining_flag(n).startswith("absl")))\n')
+          '             if not absl_flags.FLAGS.find_module_defining_flag(n).startswith("absl")))\n')
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           check=False)
   assert result.returncode == 0, result.stderr[-2000:]

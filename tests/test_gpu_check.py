@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from iemocap import records
+from engine import records
 from parity import gpu_check
 
 CUDA = torch.cuda.is_available()

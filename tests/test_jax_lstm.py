@@ -1,4 +1,5 @@
-"""lmf_jax/lstm.py's hand-written backward pass against autodiff of the plain recurrence."""
+"""lmf_jax/lstm.py: the hand-written backward pass against autodiff of the plain scan (the
+definition), the choice between them, and forward-mode autodiff through the scan."""
 
 import jax
 import jax.numpy as jnp
@@ -6,19 +7,9 @@ import numpy as np
 import pytest
 
 from lmf_jax import lstm
+from lmf_jax import model as model_lib
 
-
-def scan_lstm(x, w_ih, w_hh, bias):
-  """torch.nn.LSTM's equations as a plain lax.scan, differentiated by JAX itself."""
-
-  def step(carry, x_t):
-    h, c = carry
-    i, f, g, o = jnp.split(x_t @ w_ih.T + bias + h @ w_hh.T, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    return (jax.nn.sigmoid(o) * jnp.tanh(c), c), None
-
-  zeros = jnp.zeros((x.shape[0], w_hh.shape[1]), x.dtype)
-  return jax.lax.scan(step, (zeros, zeros), jnp.swapaxes(x, 0, 1))[0][0]
+IMPLEMENTATIONS = ('scan', 'fused')
 
 
 def random_inputs(seed, batch, steps, features, hidden, dtype):
@@ -37,25 +28,28 @@ def test_gradients_equal_autodiff_of_the_scan_in_float64(batch, steps, features,
   with jax.enable_x64(True):
     inputs = random_inputs(batch + steps, batch, steps, features, hidden, jnp.float64)
     cotangent = jnp.asarray(np.random.default_rng(9).normal(size=(batch, hidden)))
-    out, grads = vjp_of(jax.jit(lstm.last_hidden), inputs, cotangent)
-    ref_out, ref_grads = vjp_of(scan_lstm, inputs, cotangent)
+    out, grads = vjp_of(jax.jit(lstm.fused_last_hidden), inputs, cotangent)
+    ref_out, ref_grads = vjp_of(lstm.scan_last_hidden, inputs, cotangent)
     np.testing.assert_allclose(out, ref_out, rtol=1e-13, atol=1e-14)
     for name, got, want in zip(('x', 'w_ih', 'w_hh', 'bias'), grads, ref_grads):
       assert got.shape == want.shape, name
       np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13, err_msg=name)
 
 
-def test_float32_gradients_stay_within_rounding_of_autodiff():
+def test_float32_forward_and_gradients_stay_within_rounding_of_the_scan():
   inputs = random_inputs(0, 64, 20, 30, 16, jnp.float32)
+  np.testing.assert_allclose(jax.jit(lstm.fused_last_hidden)(*inputs),
+                             jax.jit(lstm.scan_last_hidden)(*inputs), rtol=1e-5, atol=1e-6)
   loss = lambda fn: lambda *a: jnp.sum(fn(*a) * jnp.arange(16.0))
-  got = jax.jit(jax.grad(loss(lstm.last_hidden), argnums=(1, 2, 3)))(*inputs)
-  want = jax.grad(loss(scan_lstm), argnums=(1, 2, 3))(*inputs)
+  got = jax.jit(jax.grad(loss(lstm.fused_last_hidden), argnums=(1, 2, 3)))(*inputs)
+  want = jax.grad(loss(lstm.scan_last_hidden), argnums=(1, 2, 3))(*inputs)
   for g, w in zip(got, want):
     assert float(jnp.max(jnp.abs(g - w)) / jnp.max(jnp.abs(w))) < 1e-5
 
 
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
 @pytest.mark.parametrize('shared_inputs', [False, True])
-def test_vmapped_over_models_equals_each_model_alone(shared_inputs):
+def test_vmapped_over_models_equals_each_model_alone(shared_inputs, implementation):
   """The multi-seed trainer vmaps the model over members with their own batches, or with one
   batch shared by all (then only the weights carry the member axis)."""
   members = [random_inputs(seed, 4, 5, 3, 2, jnp.float32) for seed in range(3)]
@@ -64,16 +58,76 @@ def test_vmapped_over_models_equals_each_model_alone(shared_inputs):
   if shared_inputs:
     members = [[members[0][0], *m[1:]] for m in members]
     stacked[0], in_axes = members[0][0], (None, 0, 0, 0)
-  grad = jax.grad(lambda *a: jnp.sum(lstm.last_hidden(*a) ** 2), argnums=(0, 1, 2, 3))
+  loss = lambda *a: jnp.sum(lstm.last_hidden(*a, implementation=implementation) ** 2)
+  grad = jax.grad(loss, argnums=(0, 1, 2, 3))
   batched = jax.jit(jax.vmap(grad, in_axes=in_axes))(*stacked)
   for k, inputs in enumerate(members):
     for got, want in zip(batched, grad(*inputs)):
       np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-6)
 
 
-def test_gradients_come_back_in_each_inputs_dtype():
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
+def test_gradients_come_back_in_each_inputs_dtype(implementation):
   with jax.enable_x64(True):
     x, w_ih, w_hh, bias = random_inputs(3, 2, 3, 4, 2, jnp.float64)
-    grads = jax.grad(lambda *a: jnp.sum(lstm.last_hidden(*a)), argnums=(0, 1, 2, 3))(
-        x.astype(jnp.float32), w_ih, w_hh, bias)
+    loss = lambda *a: jnp.sum(lstm.last_hidden(*a, implementation=implementation))
+    grads = jax.grad(loss, argnums=(0, 1, 2, 3))(x.astype(jnp.float32), w_ih, w_hh, bias)
     assert [g.dtype for g in grads] == [jnp.float32, jnp.float64, jnp.float64, jnp.float64]
+
+
+def test_the_scans_jvp_equals_the_fused_vjp_in_float64():
+  """<u, J v> from forward mode through the scan equals <J^T u, v> from the fused backward."""
+  with jax.enable_x64(True):
+    inputs = random_inputs(1, 5, 7, 6, 4, jnp.float64)
+    tangents = random_inputs(2, 5, 7, 6, 4, jnp.float64)
+    cotangent = jnp.asarray(np.random.default_rng(3).normal(size=(5, 4)))
+    scan = lambda *a: lstm.last_hidden(*a, implementation='scan')
+    out, out_tangent = jax.jit(lambda p, t: jax.jvp(scan, p, t))(inputs, tangents)
+    _, grads = vjp_of(lstm.fused_last_hidden, inputs, cotangent)
+    np.testing.assert_allclose(out, lstm.fused_last_hidden(*inputs), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(jnp.vdot(cotangent, out_tangent),
+                               sum(jnp.vdot(g, t) for g, t in zip(grads, tangents)), rtol=1e-11)
+
+
+def small_model(lstm_impl):
+  return model_lib.LMF(audio_hidden=4, video_hidden=3, text_hidden=6, text_out=3,
+                       dropouts=(0.0, 0.0, 0.0), output_dim=2, rank=2, lstm_impl=lstm_impl)
+
+
+def test_jvp_through_the_model_with_the_scan_agrees_with_its_gradient():
+  model = small_model('scan')
+  variables = model_lib.init(model, jax.random.PRNGKey(0), (5, 4, 7), seq_len=6)
+  rng = np.random.default_rng(4)
+  audio, visual, text = (jnp.asarray(rng.normal(size=s), jnp.float32)
+                         for s in ((3, 5), (3, 4), (3, 6, 7)))
+  weights = jnp.array([1.0, -2.0])
+
+  def loss(params):
+    logits = model.apply({**variables, 'params': params}, audio, visual, text)
+    return jnp.sum(logits * weights)
+
+  params = variables['params']
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  direction = treedef.unflatten([jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+  _, derivative = jax.jvp(loss, (params,), (direction,))
+  grads = jax.grad(loss)(params)
+  via_grad = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grads),
+                                                 jax.tree_util.tree_leaves(direction)))
+  np.testing.assert_allclose(derivative, via_grad, rtol=1e-4)
+
+
+def test_auto_takes_the_fused_path_on_cpu_and_the_scan_elsewhere():
+  assert lstm.chosen_implementation('scan') == 'scan'
+  assert lstm.chosen_implementation('fused') == 'fused'
+  on_cpu = jax.default_backend() == 'cpu'
+  assert lstm.chosen_implementation() == ('fused' if on_cpu else 'scan')
+  if on_cpu:  # the behaviour itself: forward mode refuses the custom VJP that 'auto' picked
+    inputs = random_inputs(0, 2, 3, 4, 2, jnp.float32)
+    with pytest.raises(TypeError, match='forward-mode'):
+      jax.jvp(lstm.last_hidden, inputs, inputs)
+
+
+def test_an_unknown_implementation_is_refused():
+  with pytest.raises(ValueError, match="'cudnn'"):
+    lstm.last_hidden(*random_inputs(0, 2, 3, 4, 2, jnp.float32), implementation='cudnn')

@@ -8,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from flags import param_groups
+from engine import param_groups
+from engine import state_dict
+from engine.errors import CheckpointError
 from flags import presets
-from flags import state_dict
 from flags.config import Config
-from iemocap.errors import CheckpointError
 from lmf_jax import checkpoint
 from lmf_jax import model as model_lib
 from lmf_jax import optimizer

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-import iemocap
 from iemocap import pickle_io
 from iemocap import synthetic
+import iemocap
 
 
 def _sha(path):

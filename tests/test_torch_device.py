@@ -15,12 +15,13 @@ import textwrap
 import pytest
 import torch
 
-from flags.errors import ConfigError
-from iemocap import records
-from lmf_torch_npu import device
-from lmf_torch_npu import model as model_lib
+from engine import records
 from flags import presets
 from flags.config import Config
+from flags.errors import ConfigError
+from iemocap import files
+from lmf_torch_npu import device
+from lmf_torch_npu import model as model_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Caps oneDNN at AVX2 as on a CPU without AVX-512, where it has no bf16 LSTM.
@@ -206,8 +207,8 @@ def test_bf16_autocast_on_cpu_keeps_batchnorm_and_the_loss_in_float32():
   with mixed.autocast():
     model(torch.randn(4, 74).bfloat16(), torch.randn(4, 35).bfloat16(), torch.randn(4, 20, 300))
   assert seen['audio_subnet.norm'] == torch.float32
-  from lmf_torch_npu import train  # pylint: disable=import-outside-toplevel
-  assert train.cross_entropy_sum(logits, torch.tensor([0, 1, 1, 0])).dtype == torch.float32
+  from lmf_torch_npu import steps  # pylint: disable=import-outside-toplevel
+  assert steps.cross_entropy_sum(logits, torch.tensor([0, 1, 1, 0])).dtype == torch.float32
 
 
 @pytest.mark.amp
@@ -300,11 +301,11 @@ def test_without_a_bf16_lstm_it_runs_in_float32_and_gradients_flow(monkeypatch):
       lambda module, args, out: seen.__setitem__('text', out.dtype))
   mixed = device.MixedPrecision(CPU, device.select_precision(CPU, 'O1'))
   labels = torch.tensor([0, 1] * 4)
-  from lmf_torch_npu import train  # pylint: disable=import-outside-toplevel
+  from lmf_torch_npu import steps  # pylint: disable=import-outside-toplevel
   with mixed.autocast():
     logits = model(*small_inputs())
-  train.cross_entropy_sum(logits, labels).backward()
-  train.cross_entropy_sum(reference(*small_inputs()), labels).backward()
+  steps.cross_entropy_sum(logits, labels).backward()
+  steps.cross_entropy_sum(reference(*small_inputs()), labels).backward()
   assert seen['h_n'].dtype == torch.float32 and seen['text'] == torch.bfloat16
   # The LSTM itself is exactly the float32 one; autocast resumes after it.
   _, (h_n, _) = reference.text_subnet.rnn(small_inputs()[2])
@@ -328,8 +329,8 @@ def test_bf16_training_runs_on_a_cpu_without_avx512(small_data_dir, tmp_path):
       env={**os.environ, **NO_AVX512, 'OMP_NUM_THREADS': '1'})
   assert result.returncode == 0, result.stderr
   assert result.stderr.count(FALLBACK_LOG) == 1, result.stderr
-  record = records.read_json(workdir / records.RESULTS_JSON)
+  record = files.read_json(workdir / records.RESULTS_JSON)
   assert record['device'] == 'cpu, amp O1 (native, bfloat16, loss scale none, LSTM in float32)'
-  assert records.read_json(workdir / records.CONFIG_JSON)['backend_options'] == {
+  assert files.read_json(workdir / records.CONFIG_JSON)['backend_options'] == {
       'device': 'cpu', 'amp': 'O1', 'amp_backend': 'native', 'amp_dtype': 'bfloat16',
       'loss_scale': 'none'}

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from flags import param_groups
+from engine import param_groups
+from engine import state_dict
+from engine.errors import CheckpointError
 from flags import presets
-from flags import state_dict
 from flags.config import Config
-from iemocap.errors import CheckpointError
 from lmf_torch_npu import checkpoint
 from lmf_torch_npu import model as model_lib
 from lmf_torch_npu import optimizer

@@ -33,7 +33,7 @@ def assign_groups(names):
     if len(matches) != 1:
       rules = [pattern for pattern, _ in GROUP_RULES if re.fullmatch(pattern, name)]
       raise ParamGroupError(f'parameter {name!r} matches {len(matches)} group rules '
-                            f'{rules}: each must match exactly one (flags/param_groups.py)')
+                            f'{rules}: each must match exactly one (engine/param_groups.py)')
     groups[name] = matches[0]
   return groups
 

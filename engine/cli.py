@@ -18,7 +18,8 @@ import sys
 from absl import flags
 from absl import logging
 
-from iemocap.errors import StopRequested, UserError
+from engine.errors import StopRequested
+from iemocap.errors import UserError
 
 # What to do about an OS error, by errno; the rest get the system's own words only.
 _OS_ERROR_FIXES = {
@@ -148,13 +149,6 @@ class StopOnSignal:
   def check(self, epoch):  # pylint: disable=unused-argument
     if self.received is not None:
       raise StopRequested(signal.Signals(self.received).name, 128 + self.received)
-
-
-class StopNow(StopOnSignal):
-  """SIGINT and SIGTERM stop at once (runs that cannot resume, evaluation)."""
-
-  def _handle(self, signum, frame):
-    raise KeyboardInterrupt(signum)
 
 
 def reuse_freed_memory():

@@ -11,12 +11,12 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from engine.errors import CheckpointError
+from engine.records import TRAIN_STATE
 from flags.config import Config
 from flags.errors import ConfigError
 from iemocap import data as data_lib
 from iemocap import files
-from iemocap.records import TRAIN_STATE
-from iemocap.errors import CheckpointError
 
 FORMAT = 'lmf-2018-state-dict'
 METADATA_KEY = 'lmf'
@@ -176,7 +176,8 @@ def read_train_state(workdir):
                           'written by this project; start the run again in another --workdir'
                           ) from None
   if not (isinstance(progress, dict) and isinstance(progress.get('epoch'), int)
-          and isinstance(progress.get('early_stopping'), dict)):
+          and (isinstance(progress.get('early_stopping'), dict)
+               or isinstance(progress.get('members'), list))):
     raise CheckpointError(f'{path} has no readable progress record: start the run again in '
                           'another --workdir')
   return arrays, progress, path

@@ -1,0 +1,35 @@
+"""The data set a Config names: a file the user gave, or the cached synthetic stand-in."""
+
+from absl import logging
+
+from iemocap import data as data_lib
+from iemocap import synthetic
+from iemocap.errors import DataError
+
+
+def open_dataset(config):
+  """(Dataset, is_synthetic, a log line saying where the data came from); logs how many
+  non-finite feature values each split had replaced."""
+  dataset, is_synthetic, note = _open_dataset(config)
+  for line in dataset.replaced_lines():
+    logging.info('non-finite features set to 0: %s', line)
+  return dataset, is_synthetic, note
+
+
+def _open_dataset(config):
+  if config.data_path:
+    dataset = data_lib.load(config.data_path, config.emotion)
+    synthetic_record = synthetic.describe(dataset.path)
+    if synthetic_record is None:
+      return dataset, False, f'data: {dataset.path} ({config.emotion})'
+    return dataset, True, (f'data: {dataset.path} ({config.emotion}), a synthetic set (seed '
+                           f'{synthetic_record["seed"]}): its F1 is not the paper\'s F1')
+  try:
+    path = synthetic.default_path()
+  except (OSError, DataError) as e:
+    raise DataError(f'cannot write the synthetic data set into its cache directory '
+                    f'{synthetic.cache_dir()} ({e}): set LMF_CACHE_DIR to a writable directory, '
+                    'or pass --data_path') from None
+  dataset = data_lib.load(path, config.emotion)
+  return dataset, True, (f'data: no --data_path given, so the synthetic IEMOCAP stand-in at {path} '
+                         f'({config.emotion}); its F1 is not the paper\'s F1')

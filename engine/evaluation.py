@@ -1,0 +1,58 @@
+"""What both `evaluate` commands share: the data a checkpoint is evaluated on, and the report."""
+
+import dataclasses
+import os
+
+from absl import logging
+
+from engine import datasets
+from engine import records
+from flags.errors import ConfigError
+from iemocap import metrics
+from iemocap.errors import DataError
+
+
+def evaluation_data(checkpoint_config, emotion, data_path):
+  """(config, dataset, is_synthetic) to evaluate a checkpoint on: by default the data and emotion
+  it was trained on; a data path that came from the checkpoint says so when it fails."""
+  config = dataclasses.replace(checkpoint_config, emotion=emotion or checkpoint_config.emotion,
+                               data_path=data_path or checkpoint_config.data_path)
+  try:
+    dataset, is_synthetic, data_note = datasets.open_dataset(config)
+  except DataError as e:
+    if data_path or not config.data_path:
+      raise
+    raise DataError(f'{e} (that data path is the one stored in the checkpoint; pass --data_path '
+                    'to evaluate on data elsewhere)') from None
+  logging.info(data_note)
+  return config, dataset, is_synthetic
+
+
+def evaluation_report(checkpoint_path, dataset, is_synthetic, split, loss_sum, logits, metadata):
+  """What `evaluate` prints: F1, accuracy, mean loss and N of one split."""
+  labels = dataset.split(split).label
+  result = metrics.classification_metrics(labels, logits)
+  return {'checkpoint': os.path.abspath(checkpoint_path), 'emotion': dataset.emotion,
+          'split': split, 'n': int(labels.shape[0]), 'f1': result['f1'],
+          'accuracy': result['accuracy'], 'loss': loss_sum / labels.shape[0],
+          'written_by': metadata.get('backend', 'unknown'), 'data': dataset.path,
+          'synthetic': is_synthetic}
+
+
+def format_evaluation(report):
+  note = ' (synthetic data)' if report['synthetic'] else ''
+  return (f'{report["emotion"]} {report["split"]}{note}: n={report["n"]}  '
+          f'weighted F1 {100 * report["f1"]:.2f}  accuracy {100 * report["accuracy"]:.2f}  '
+          f'loss {report["loss"]:.4f}  (checkpoint by {report["written_by"]})')
+
+
+def evaluation_request(values):
+  """(checkpoint path, emotion or '' for the checkpoint's, data_path, split) from the flags of
+  flags/evaluation.py; a workdir stands for its best model."""
+  if not values.checkpoint:
+    raise ConfigError('--checkpoint is required: pass the checkpoint.safetensors to evaluate')
+  path = values.checkpoint
+  if os.path.isdir(path):
+    path = os.path.join(path, records.CHECKPOINT)
+  emotion = values.emotion if values['emotion'].present else ''
+  return path, emotion, values.data_path, values.split
