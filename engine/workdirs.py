@@ -86,7 +86,7 @@ def _differences(saved, config, backend, options):
   return differences
 
 
-def prepare_workdir(config, backend, options, resume):
+def prepare_workdir(config, backend, options, resume, write=True):
   """(config with its workdir resolved, status): status is 'new', 'resume' or 'complete'.
 
   A workdir belongs to one configuration: another one is refused, never
@@ -95,7 +95,7 @@ def prepare_workdir(config, backend, options, resume):
   stopped before its first epoch was saved (config.json alone) starts again,
   with this command's configuration. A workdir without config.json that holds
   any file a run writes holds someone else's files: refused, since the run
-  would replace them.
+  would replace them. `write=False` only reads (the other processes of a multi-process run).
   """
   config = resolve_workdir(config, backend, options)
   workdir = config.workdir
@@ -123,8 +123,9 @@ def prepare_workdir(config, backend, options, resume):
       raise RunError(f'workdir {workdir} already holds {", ".join(present)} but no '
                      f'{CONFIG_JSON}: they are not this project\'s and a run would replace them; '
                      'choose another --workdir')
-  write_json(saved_path, {'config': config.to_dict(), 'backend': backend,
-                          'backend_options': options})
+  if write:
+    write_json(saved_path, {'config': config.to_dict(), 'backend': backend,
+                            'backend_options': options})
   return config, 'new'
 
 

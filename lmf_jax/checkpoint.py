@@ -1,4 +1,4 @@
-"""JAX variables <-> the 2018 state_dict, and the files that hold them.
+"""JAX variables <-> the 2018 state_dict (the engine writes the files; `load` reads one).
 
 `KEY_TABLE` is the one explicit map between the two: (2018 key pattern, JAX
 collection and path, transform). Dense kernels are stored (in, out) by flax and
@@ -90,12 +90,6 @@ def from_state_dict(arrays, config, dtype=np.float32):
       node = node.setdefault(part, {})
     node[path[-1]] = value.T if transform == TRANSPOSE else value
   return jax.tree_util.tree_map(jax.numpy.asarray, variables)
-
-
-def save(path, variables, config, metadata=None):
-  """checkpoint.safetensors: the 2018 state_dict plus the config, written atomically."""
-  state_dict.save(path, to_state_dict(variables, config), config,
-                  {'backend': 'jax', **(metadata or {})})
 
 
 def load(path):

@@ -15,3 +15,11 @@ def define_flags():
                             'Repeatable.')
   flags.DEFINE_boolean('save_members', False, 'With --num_seeds/--sweep: also write every '
                        'model\'s checkpoint under members/.')
+  flags.DEFINE_integer('devices', 0, 'Shard a population\'s models over at most this many of '
+                       'each process\'s jax devices (0: all of them).')
+  flags.DEFINE_string('coordinator_address', '', 'jax.distributed: HOST:PORT of process 0, to '
+                      'train one population over several processes or hosts. Without it, '
+                      'SLURM and Open MPI jobs of several tasks are detected.')
+  flags.DEFINE_integer('num_processes', None, 'jax.distributed: how many processes take part.')
+  flags.DEFINE_integer('process_id', None, 'jax.distributed: this process\'s index (0 writes '
+                       'the outputs).')

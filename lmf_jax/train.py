@@ -11,6 +11,8 @@ trainer; this module and lmf_jax/population.py supply the jitted programs.
 import dataclasses
 import functools
 import os
+import shutil
+import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -150,24 +152,58 @@ def train_and_evaluate(config: Config, resume: bool = False,
     return protocol.train_and_evaluate(config, run, dataset, is_synthetic, status, on_epoch_end)
 
 
+def population_options(num_seeds: int, sweeps: Sequence) -> dict:
+  """What besides the Config makes a population's identity (its workdir fingerprint)."""
+  return {'num_seeds': num_seeds, 'sweep': [[n, v] for n, v in sweeps]}
+
+
 def train_population(config: Config, num_seeds: int = 1, sweeps: Sequence = (),
                      save_members: bool = False, resume: bool = False,
-                     on_epoch_end: Optional[protocol.OnEpochEnd] = None) -> dict:
+                     on_epoch_end: Optional[protocol.OnEpochEnd] = None,
+                     devices: Optional[Sequence[jax.Device]] = None) -> dict:
   """Trains (or resumes, or reports) seeds x settings of one emotion in config.workdir, vmapped
-  in one program per shape; returns results.json's record."""
+  in one program per shape and sharded over `devices` (all of jax's by default); returns
+  results.json's record.
+
+  In a multi-process run every process calls this alike; process 0 owns the workdir, the
+  others train their share with a private scratch directory and read the workdir only (to
+  resume, it must be on a file system they all see).
+  """
   dataset, is_synthetic, data_note = datasets.open_dataset(config)
   logging.info(data_note)
   jax_device.log_devices()
   members = engine_population.member_configs(config, num_seeds, sweeps)  # refused before a claim
-  options_record = {'num_seeds': num_seeds, 'sweep': [[n, v] for n, v in sweeps]}
+  options_record = population_options(num_seeds, sweeps)
+  devices = list(devices or jax.devices())
+  make = lambda configs: population.JaxPopulation(configs, dataset, devices)
+  if jax.process_index() > 0:
+    return _train_population_elsewhere(config, num_seeds, sweeps, options_record, make, dataset,
+                                       is_synthetic, resume, on_epoch_end)
   with workdirs.claim_workdir(config, BACKEND, options_record, resume) as (config, status):
     if status == 'complete':
       logging.info('%s already holds the finished run: reporting it', config.workdir)
       return protocol.finished_record(config)
     members = engine_population.member_configs(config, num_seeds, sweeps)
-    return engine_population.train_population(
-        config, members, lambda configs: population.JaxPopulation(configs, dataset), dataset,
-        is_synthetic, status, save_members, on_epoch_end)
+    return engine_population.train_population(config, members, make, dataset, is_synthetic,
+                                              status, save_members, on_epoch_end)
+
+
+def _train_population_elsewhere(config, num_seeds, sweeps, options_record, make, dataset,
+                                is_synthetic, resume, on_epoch_end):
+  """train_population in a process other than 0: the same program, written to scratch."""
+  config, status = workdirs.prepare_workdir(config, BACKEND, options_record, resume, write=False)
+  if status == 'complete':
+    return protocol.finished_record(config)
+  with tempfile.TemporaryDirectory(prefix=f'lmf-process{jax.process_index()}-') as scratch:
+    if status == 'resume':
+      for name in (records.TRAIN_STATE, records.METRICS_JSONL):
+        if os.path.exists(os.path.join(config.workdir, name)):
+          shutil.copy(os.path.join(config.workdir, name), scratch)
+    local = dataclasses.replace(config, workdir=scratch)
+    members = engine_population.member_configs(local, num_seeds, sweeps)
+    record = engine_population.train_population(local, members, make, dataset, is_synthetic,
+                                                status, False, on_epoch_end)
+  return {**record, 'workdir': os.path.abspath(config.workdir)}
 
 
 def measure_performance(config: Config, count: int) -> dict:
@@ -185,11 +221,12 @@ def main_members(values, stop):
   """--num_seeds / --sweep / --emotion=all: many models per emotion, one program per shape."""
   sweeps = engine_population.parse_sweeps(values.sweep)
   emotions = EMOTIONS if values.emotion.strip().lower() == 'all' else [None]
+  devices = jax_device.population_devices(values.devices)
   if values.perf_steps > 0:
     for emotion in emotions:
       config = definitions.config_from_flags(values, emotion)
       print(records.format_perf(population.measure_performance(config, values.num_seeds,
-                                                               values.perf_steps)))
+                                                               values.perf_steps, devices)))
     return
   configs = []
   for emotion in emotions:
@@ -197,17 +234,18 @@ def main_members(values, stop):
     if emotion and values.workdir:
       config = dataclasses.replace(config, workdir=os.path.join(values.workdir, emotion))
     configs.append(config)
-  options_record = {'num_seeds': values.num_seeds, 'sweep': [[n, v] for n, v in sweeps]}
+  options_record = population_options(values.num_seeds, sweeps)
   resumes = [values.resume and workdirs.holds_run(c, BACKEND, options_record) for c in configs]
   if values.resume and not any(resumes):
     raise ConfigError('--resume: no workdir of this command holds a run to continue')
   results = []
   for config, resume in zip(configs, resumes):
     results.append(train_population(config, values.num_seeds, sweeps, values.save_members,
-                                    resume, stop.check))
-    print(engine_population.format_members(results[-1]))
-    print(f'outputs: {results[-1]["workdir"]}')
-  if len(results) > 1:
+                                    resume, stop.check, devices))
+    if jax.process_index() == 0:
+      print(engine_population.format_members(results[-1]))
+      print(f'outputs: {results[-1]["workdir"]}')
+  if len(results) > 1 and jax.process_index() == 0:
     print(engine_population.emotions_table(results))
 
 
@@ -217,9 +255,14 @@ def main(argv):
   values = definitions.FLAGS
   cli.reuse_freed_memory()
   enable_compilation_cache()
+  distributed = jax_device.initialize_distributed(values.coordinator_address,
+                                                  values.num_processes, values.process_id)
   if values.num_seeds != 1 or values.sweep or values.emotion.strip().lower() == 'all':
     main_members(values, cli.StopOnSignal().install())
     return
+  if distributed or values.devices:
+    raise ConfigError('--devices and several processes shard a population: give --num_seeds, '
+                      '--sweep or --emotion=all (a single run trains on one device)')
   if values.save_members:
     raise ConfigError('--save_members needs --num_seeds > 1, --sweep or --emotion=all: a single '
                       'run saves its model as checkpoint.safetensors')

@@ -1,4 +1,4 @@
-"""torch tensors <-> the 2018 state_dict, and the files that hold them.
+"""torch tensors <-> the 2018 state_dict (the engine writes the files; `load` reads one).
 
 The module's own state_dict already carries the 2018 keys and layouts, so the
 map is the identity; engine/state_dict.py checks the key set and shapes both
@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from engine import state_dict
-from engine.errors import CheckpointError
 from lmf_torch_npu import model as model_lib
 
 ADAM_STATE = ('step', 'exp_avg', 'exp_avg_sq')
@@ -36,12 +35,6 @@ def from_state_dict(arrays, config):
   model = model_lib.from_config(config)
   model.load_state_dict({key: torch.tensor(np.asarray(value)) for key, value in arrays.items()})
   return model.eval()
-
-
-def save(path, tensors, config, metadata=None):
-  """checkpoint.safetensors: the 2018 state_dict plus the config, written atomically."""
-  state_dict.save(path, to_state_dict(tensors, config), config,
-                  {'backend': 'torch', **(metadata or {})})
 
 
 def load(path):

@@ -25,7 +25,6 @@ from absl import flags as absl_flags
 
 from engine import cli
 from engine import datasets
-from engine import records
 from iemocap import data as data_lib
 from iemocap import files
 from iemocap.errors import UserError

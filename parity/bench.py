@@ -27,10 +27,8 @@ from torch.utils.data import DataLoader
 
 from engine import cli
 from engine import datasets
-from engine import records
 from flags import presets
 from flags.config import Config
-from iemocap import batching
 from iemocap import data as data_lib
 from iemocap import files
 from iemocap.errors import UserError

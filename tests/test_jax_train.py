@@ -197,3 +197,16 @@ def test_perf_mode_reports_step_time(small_data_dir):
   assert 'step time' in result.stdout and 'samples/s (FPS)' in result.stdout
   fps = float(result.stdout.split('ms, ')[1].split(' samples/s')[0])
   assert fps > 0
+
+
+def test_the_readme_python_example_runs(tmp_path):
+  """README's 'From Python' block, with fewer epochs and seeds, run as a user would."""
+  readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md'), encoding='utf-8').read()
+  block = readme.split('## From Python', 1)[1].split('```python\n', 1)[1].split('```', 1)[0]
+  assert 'train_population' in block and 'train_and_evaluate' in block
+  code = block.replace('epochs=50', 'epochs=2').replace('num_seeds=8', 'num_seeds=2')
+  result = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True,
+                          text=True, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'test F1' in result.stdout and 'over 2 seeds' in result.stdout
+  assert (tmp_path / 'runs' / 'sad-seeds' / records.RESULTS_JSON).exists()

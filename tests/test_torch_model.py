@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from engine import param_groups
+from engine import protocol
 from engine import state_dict
 from engine.errors import CheckpointError
 from flags import presets
@@ -128,7 +129,8 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
   model(audio, visual, text)  # moves the BatchNorm running statistics off their initial values
   model.eval()
   path = tmp_path / 'checkpoint.safetensors'
-  checkpoint.save(path, model.state_dict(), config, {'epoch': 7})
+  protocol.save_checkpoint(path, checkpoint.to_state_dict(model.state_dict(), config), config,
+                           'torch', epoch=7)
   loaded, loaded_config, metadata = checkpoint.load(path)
   assert loaded_config == Config.from_dict({**config.to_dict(), 'workdir': ''})
   assert metadata['backend'] == 'torch' and metadata['epoch'] == 7
