@@ -13,7 +13,6 @@ The protocol, the choice of the reported model and every output are the
 engine's (engine/population.py).
 """
 
-import functools
 import math
 import time
 from typing import Optional, Sequence
@@ -43,15 +42,42 @@ DROPOUTS = ('audio_dropout', 'video_dropout', 'text_dropout')
 
 
 def _member_step(state, data, index, rng, dropouts, active, *, model, tx):
-  """steps.train_step for one model; a stopped model (active False) keeps its state."""
-  new_state, step_metrics = steps.train_step(state, steps.gather(data, index), rng, model=model,
-                                             tx=tx, dropouts=dropouts)
-  state = jax.tree_util.tree_map(lambda new, old: jnp.where(active, new, old), new_state, state)
-  return state, jnp.where(active, step_metrics['loss_sum'], 0.0)
+  """steps.train_step for one model; a stopped model (active False) keeps its state. Models
+  run one at a time skip a stopped one's step; under vmap the cond becomes a select."""
+
+  def train(state):
+    new_state, step_metrics = steps.train_step(state, steps.gather(data, index), rng, model=model,
+                                               tx=tx, dropouts=dropouts)
+    return new_state, step_metrics['loss_sum']
+
+  return jax.lax.cond(active, train, lambda state: (state, jnp.zeros((), jnp.float32)), state)
 
 
 def _select(mask, new, old):
   return jax.tree_util.tree_map(lambda a, b: jnp.where(mask, a, b), new, old)
+
+
+def over_models(fn, devices: int, one_at_a_time: bool):
+  """`fn` of one model, applied to every model of arrays whose leading axis is the (padded) model
+  axis; None passes through as None.
+
+  Side by side (vmap: one batched program, the models' matmuls fused) where the devices run
+  batched work in parallel; one at a time (lax.map, a loop inside the program) on CPUs, where
+  batching gains nothing and the batched step's buffers outgrow what the allocator keeps. The
+  loop runs within each device's shard: the axis is split as (devices, models per device).
+  """
+  if not one_at_a_time:
+    return jax.vmap(fn)
+  if devices == 1:
+    return lambda *per_model: jax.lax.map(lambda one: fn(*one), per_model)
+
+  def apply(*per_model):
+    split = lambda x: x.reshape((devices, -1) + x.shape[1:])
+    merge = lambda x: x.reshape((-1,) + x.shape[2:])
+    shard = lambda *args: jax.lax.map(lambda one: fn(*one), args)
+    return jax.tree_util.tree_map(merge, jax.vmap(shard)(*jax.tree_util.tree_map(split,
+                                                                                  per_model)))
+  return apply
 
 
 def to_host(x) -> np.ndarray:
@@ -93,8 +119,10 @@ class JaxPopulation:
                 jax.device_get(keys[:, 1]))
     self.data = {name: jax.device_put(dataset.split(name).arrays(), self.replicated)
                  for name in ('train', 'valid', 'test')}
-    self._eval = jax.jit(jax.vmap(functools.partial(steps.eval_step, model=self.model),
-                                  in_axes=(0, None)))
+    self.one_at_a_time = self.devices[0].platform == 'cpu'
+    self._eval = jax.jit(lambda variables, data: over_models(
+        lambda v: steps.eval_step(v, data, model=self.model), len(self.devices),
+        self.one_at_a_time)(variables))
     self._keep_best = jax.jit(jax.vmap(_select))
 
   @property
@@ -121,9 +149,12 @@ class JaxPopulation:
     rates = np.asarray([[getattr(c, d) for d in DROPOUTS] for c in self.padded_configs()],
                        np.float32)
     self.dropouts = put(rates) if (rates != rates[0]).any() else None
-    in_axes = (0, None, 0, 0, 0 if self.dropouts is not None else None, 0)
-    step = functools.partial(_member_step, model=self.model, tx=self.tx)
-    self._step = jax.jit(jax.vmap(step, in_axes=in_axes), donate_argnums=0)
+
+    def step(state, data, index, rng, dropouts, active):
+      one = lambda s, i, r, d, a: _member_step(s, data, i, r, d, a, model=self.model, tx=self.tx)
+      return over_models(one, len(self.devices), self.one_at_a_time)(state, index, rng, dropouts,
+                                                                      active)
+    self._step = jax.jit(step, donate_argnums=0)
 
   def _host_trees(self):
     """(state, best) on the host, without the padding."""
