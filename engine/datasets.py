@@ -2,12 +2,14 @@
 
 from absl import logging
 
+from flags.config import Config
 from iemocap import data as data_lib
 from iemocap import synthetic
+from iemocap.data import Dataset
 from iemocap.errors import DataError
 
 
-def open_dataset(config):
+def open_dataset(config: Config) -> tuple[Dataset, bool, str]:
   """(Dataset, is_synthetic, a log line saying where the data came from); logs how many
   non-finite feature values each split had replaced."""
   dataset, is_synthetic, note = _open_dataset(config)

@@ -3,16 +3,20 @@
 import dataclasses
 import os
 
+import numpy as np
 from absl import logging
 
 from engine import datasets
 from engine import records
+from flags.config import Config
 from flags.errors import ConfigError
 from iemocap import metrics
+from iemocap.data import Dataset
 from iemocap.errors import DataError
 
 
-def evaluation_data(checkpoint_config, emotion, data_path):
+def evaluation_data(checkpoint_config: Config, emotion: str,
+                    data_path: str) -> tuple[Config, Dataset, bool]:
   """(config, dataset, is_synthetic) to evaluate a checkpoint on: by default the data and emotion
   it was trained on; a data path that came from the checkpoint says so when it fails."""
   config = dataclasses.replace(checkpoint_config, emotion=emotion or checkpoint_config.emotion,
@@ -28,7 +32,8 @@ def evaluation_data(checkpoint_config, emotion, data_path):
   return config, dataset, is_synthetic
 
 
-def evaluation_report(checkpoint_path, dataset, is_synthetic, split, loss_sum, logits, metadata):
+def evaluation_report(checkpoint_path: str, dataset: Dataset, is_synthetic: bool, split: str,
+                      loss_sum: float, logits: np.ndarray, metadata: dict) -> dict:
   """What `evaluate` prints: F1, accuracy, mean loss and N of one split."""
   labels = dataset.split(split).label
   result = metrics.classification_metrics(labels, logits)
@@ -39,7 +44,7 @@ def evaluation_report(checkpoint_path, dataset, is_synthetic, split, loss_sum, l
           'synthetic': is_synthetic}
 
 
-def format_evaluation(report):
+def format_evaluation(report: dict) -> str:
   note = ' (synthetic data)' if report['synthetic'] else ''
   return (f'{report["emotion"]} {report["split"]}{note}: n={report["n"]}  '
           f'weighted F1 {100 * report["f1"]:.2f}  accuracy {100 * report["accuracy"]:.2f}  '

@@ -19,6 +19,7 @@ from absl import logging
 
 from engine.errors import RunError
 from engine.records import (CONFIG_JSON, LOCK, MEMBERS_DIR, OUTPUTS, RESULTS_JSON, TRAIN_STATE)
+from flags.config import Config
 from iemocap import synthetic
 from iemocap.files import read_json, write_json
 
@@ -36,7 +37,7 @@ def default_workdir(config, backend, options):
   return os.path.join('runs', f'{backend}-{config.emotion}-{fingerprint}')
 
 
-def resolve_workdir(config, backend, options):
+def resolve_workdir(config: Config, backend: str, options: dict) -> Config:
   """The config with its workdir filled in (the default one when --workdir is empty)."""
   return dataclasses.replace(config, workdir=config.workdir or default_workdir(config, backend,
                                                                                 options))
@@ -86,7 +87,8 @@ def _differences(saved, config, backend, options):
   return differences
 
 
-def prepare_workdir(config, backend, options, resume, write=True):
+def prepare_workdir(config: Config, backend: str, options: dict, resume: bool,
+                    write: bool = True) -> tuple[Config, str]:
   """(config with its workdir resolved, status): status is 'new', 'resume' or 'complete'.
 
   A workdir belongs to one configuration: another one is refused, never
@@ -205,7 +207,7 @@ def workdir_lock(workdir):
 
 
 @contextlib.contextmanager
-def claim_workdir(config, backend, options, resume):
+def claim_workdir(config: Config, backend: str, options: dict, resume: bool):
   """prepare_workdir under the workdir's lock, held until the run ends: yields (config, status).
 
   Temporary files of writes cut short by an earlier kill are removed here: no
@@ -244,7 +246,7 @@ def remove_temporary_files(workdir):
         os.unlink(os.path.join(directory, entry))
 
 
-def holds_run(config, backend, options):
+def holds_run(config: Config, backend: str, options: dict) -> bool:
   """Whether the workdir `config` resolves to holds a run (its config.json), finished or not."""
   return os.path.exists(os.path.join(resolve_workdir(config, backend, options).workdir,
                                      CONFIG_JSON))

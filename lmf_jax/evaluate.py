@@ -19,7 +19,8 @@ from lmf_jax import model as model_lib
 from lmf_jax import steps
 
 
-def evaluate(checkpoint_path, emotion='', data_path='', split='test'):
+def evaluate(checkpoint_path: str, emotion: str = '', data_path: str = '',
+             split: str = 'test') -> dict:
   """evaluate's report (F1, accuracy, mean loss, N) for a checkpoint on a split."""
   variables, saved_config, metadata = checkpoint.load(checkpoint_path)
   config, dataset, is_synthetic = engine_evaluation.evaluation_data(saved_config, emotion, data_path)

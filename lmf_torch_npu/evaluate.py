@@ -19,7 +19,8 @@ from lmf_torch_npu import options
 from lmf_torch_npu import steps
 
 
-def evaluate(checkpoint_path, emotion='', data_path='', split='test', device='auto'):
+def evaluate(checkpoint_path: str, emotion: str = '', data_path: str = '', split: str = 'test',
+             device: str = 'auto') -> dict:
   """evaluate's report (F1, accuracy, mean loss, N) for a checkpoint on a split."""
   model, saved_config, metadata = checkpoint.load(checkpoint_path)
   config, dataset, is_synthetic = engine_evaluation.evaluation_data(saved_config, emotion, data_path)
