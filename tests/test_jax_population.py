@@ -204,11 +204,11 @@ def test_optimizer_state_carries_each_models_hyperparameters(small_data_dir):
 
 
 def test_all_emotions_table_from_the_command_line(small_data_dir, tmp_path):
-  result = subprocess.run(
-      [sys.executable, '-m', 'lmf_jax.train', '--emotion=all', '--num_seeds=2', '--epochs=2',
-       f'--data_path={small_data_dir}', f'--workdir={tmp_path}', '--text_hidden=16',
-       '--batch_size=32', '--rank=2', '--audio_hidden=4', '--video_hidden=4'],
-      capture_output=True, text=True, check=False)
+  command = [sys.executable, '-m', 'lmf_jax.train', '--emotion=all', '--num_seeds=2',
+             '--epochs=2', f'--data_path={small_data_dir}', '--text_hidden=16', '--batch_size=32',
+             '--rank=2', '--audio_hidden=4', '--video_hidden=4']
+  result = subprocess.run([*command, f'--workdir={tmp_path}'], capture_output=True, text=True,
+                          check=False)
   assert result.returncode == 0, result.stderr
   table = result.stdout[result.stdout.index('emotion  models'):]
   for emotion in ('happy', 'sad', 'angry', 'neutral'):
@@ -216,6 +216,16 @@ def test_all_emotions_table_from_the_command_line(small_data_dir, tmp_path):
     assert (tmp_path / emotion / records.RESULTS_JSON).exists()
   assert 'paper' in table and '85.90' in table and '89.00' in table
   assert 'synthetic data' in table
+  # --resume: finished emotions are reported again; a root holding no run is refused.
+  (tmp_path / 'angry' / records.RESULTS_JSON).unlink()  # as if killed before its last write
+  again = subprocess.run([*command, f'--workdir={tmp_path}', '--resume'], capture_output=True,
+                         text=True, check=False)
+  assert again.returncode == 0, again.stderr
+  assert again.stdout[again.stdout.index('emotion  models'):] == table
+  empty = subprocess.run([*command, f'--workdir={tmp_path / "none"}', '--resume'],
+                         capture_output=True, text=True, check=False)
+  assert empty.returncode == 2
+  assert empty.stderr.strip().endswith('no workdir of this command holds a run to continue')
 
 
 def test_a_population_of_one_trains_what_the_single_run_trains(small_data_dir):
