@@ -94,3 +94,13 @@ def test_bad_device_flags_are_one_line(small_data_dir, tmp_path, flags, message)
   assert result.returncode == 2, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and __import__('re').search(message, last), last
+
+
+def test_device_flags_on_a_single_run_are_one_line(small_data_dir, tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'lmf_jax.train', f'--data_path={small_data_dir}',
+                           f'--workdir={tmp_path / "single"}', '--devices=1'],
+                          capture_output=True, text=True, env=environment(), check=False)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'error: --devices and several processes shard a population')
+  assert not (tmp_path / 'single').exists()
