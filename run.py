@@ -8,7 +8,10 @@
 Needs only python3 (3.11 or newer). The first call creates `.venv/` beside
 this file and installs the project with its jax, torch and dev extras, pinned
 by `constraints.txt` (torch 2.13.0, the CPU build); later calls skip the
-install unless pyproject.toml or constraints.txt changed.
+install unless pyproject.toml or constraints.txt changed. Optional extras come
+with the jobs that use them (JOB_EXTRAS): `test` installs them all (Ray for
+populations on a cluster, ONNX for export), so the suite covers them; the main
+job stays lean.
 
 --accelerator=cuda|npu (or LMF_ACCELERATOR=cuda|npu) does the same in its own
 environment with its own pins, so switching never touches another one:
@@ -40,6 +43,14 @@ ACCELERATORS = {
 # pip installs torch-npu without CANN, and then `import torch_npu` fails (no libhccl.so).
 NPU_NOTE = ('run.py: torch-npu runs on Huawei CANN, which must be installed first and its '
             'set_env.sh sourced (e.g. /usr/local/Ascend/ascend-toolkit/set_env.sh)')
+# What a job installs beyond its accelerator's set: the main job stays lean; the test command
+# installs every optional extra so CI covers them.
+JOB_EXTRAS = {
+    'test': ('cluster', 'export'),
+    'parity': ('export',),
+    'train-torch': ('cluster',),
+    'python': ('cluster', 'export'),
+}
 JOBS = {
     'train': ['-m', 'lmf_jax.train'],
     'train-torch': ['-m', 'lmf_torch_npu.train'],
@@ -66,11 +77,22 @@ def _fingerprint(constraints):
   return digest.hexdigest()
 
 
-def _pip_install(python, accelerator, *options):
-  """pip's command line installing the project with `accelerator`'s extras and pins."""
-  _, constraints, extras = ACCELERATORS[accelerator]
+def _pip_install(python, accelerator, *options, extras=()):
+  """pip's command line installing the project with `accelerator`'s extras (and `extras`) and
+  pins."""
+  _, constraints, base = ACCELERATORS[accelerator]
+  wanted = ','.join([base, *extras])
   return [python, '-m', 'pip', 'install', *options, '--disable-pip-version-check',
-          '-c', os.path.join(ROOT, constraints), '-e', f'{ROOT}[{extras}]']
+          '-c', os.path.join(ROOT, constraints), '-e', f'{ROOT}[{wanted}]']
+
+
+def _installed_extras(stamp_text, fingerprint):
+  """The optional extras an environment's stamp says were installed, or None when the stamp
+  is not of this fingerprint (the environment must be installed again)."""
+  lines = stamp_text.split('\n')
+  if lines[0].strip() != fingerprint:
+    return None
+  return set(filter(None, (lines[1] if len(lines) > 1 else '').strip().split(',')))
 
 
 def _made_by_this_python(environment):
@@ -86,17 +108,21 @@ def _made_by_this_python(environment):
   return version.split('.')[:2] == [str(n) for n in sys.version_info[:2]]
 
 
-def ensure_environment(accelerator):
-  """Creates the accelerator's environment and installs the project unless its stamp says it
-  is current; returns its python, or None (after one line) when pip failed."""
+def ensure_environment(accelerator, extras=()):
+  """Creates the accelerator's environment and installs the project (with `extras`) unless its
+  stamp says it is current and holds them; returns its python, or None (after one line) when
+  pip failed. Extras installed once stay: the stamp keeps their union."""
   directory, constraints, _ = ACCELERATORS[accelerator]
   environment = os.path.join(ROOT, directory)
   stamp, python = os.path.join(environment, STAMP), _python(environment)
   fingerprint = _fingerprint(constraints)
+  installed = None
   if os.path.exists(stamp) and os.path.exists(python):
     with open(stamp, encoding='utf-8') as f:
-      if f.read().strip() == fingerprint:
-        return python
+      installed = _installed_extras(f.read(), fingerprint)
+    if installed is not None and set(extras) <= installed:
+      return python
+  extras = sorted(set(extras) | (installed or set()))
   if not os.path.exists(python) or not _made_by_this_python(environment):
     print(f'run.py: creating {environment}', file=sys.stderr, flush=True)
     venv.EnvBuilder(with_pip=True, clear=True).create(environment)
@@ -104,12 +130,12 @@ def ensure_environment(accelerator):
     print(NPU_NOTE, file=sys.stderr, flush=True)
   print(f'run.py: installing the project and its pinned dependencies ({constraints}; first run '
         'only)', file=sys.stderr, flush=True)
-  if subprocess.run(_pip_install(python, accelerator, '--quiet')).returncode:
+  if subprocess.run(_pip_install(python, accelerator, '--quiet', extras=extras)).returncode:
     print(f'run.py: pip could not install the {accelerator} set (its message is above); fix '
           'that and run the command again', file=sys.stderr)
     return None
   with open(stamp, 'w', encoding='utf-8') as f:
-    f.write(fingerprint + '\n')
+    f.write(f'{fingerprint}\n{",".join(extras)}\n')
   return python
 
 
@@ -142,7 +168,8 @@ def check_install(accelerator):
     upgrade = [python, '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check',
                PIP_FOR_CHECKS]
     resolve = _pip_install(python, accelerator, '--quiet', '--dry-run', '--ignore-installed',
-                           '--use-feature=fast-deps', '--report', report)
+                           '--use-feature=fast-deps', '--report', report,
+                           extras=sorted({e for job in JOB_EXTRAS.values() for e in job}))
     if subprocess.run(upgrade).returncode or subprocess.run(resolve).returncode:
       print(f'run.py: pip cannot resolve the {accelerator} set (its message is above)',
             file=sys.stderr)
@@ -189,7 +216,7 @@ def main(argv):
   if not argv or argv[0] not in JOBS:
     print(__doc__.strip() + '\n\n' + USAGE, file=sys.stderr)
     return 2
-  python = ensure_environment(accelerator)
+  python = ensure_environment(accelerator, JOB_EXTRAS.get(argv[0], ()))
   if python is None:
     return 1
   command = [python] + JOBS[argv[0]] + argv[1:]

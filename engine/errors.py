@@ -7,6 +7,10 @@ class RunError(UserError, RuntimeError):
   """A run cannot start or go on (a diverged loss, a workdir that holds another run)."""
 
 
+class NoModel(RunError):
+  """A run ended before any model was kept: its loss was not finite from the first epoch."""
+
+
 class CheckpointError(UserError, ValueError):
   """A checkpoint file is missing, unreadable, or does not fit the model."""
 

@@ -234,7 +234,7 @@ def train_population(config: Config, members: list, make_population: MakePopulat
         configs = [members[i] for i in ids]
         compiles = True
         logging.info('packed the %d models still training into a smaller program', len(ids))
-      _write_metrics(workdir, run.history)
+      write_metrics(workdir, run.history)
       run.save(workdir, population, started)
       protocol.stop_point(on_epoch_end, run.epoch, workdir)
     run.finish(population, ids, ids)
@@ -243,17 +243,19 @@ def train_population(config: Config, members: list, make_population: MakePopulat
     run.live = list(run.groups[run.group]) if run.group < len(run.groups) else []
     if run.group < len(run.groups):
       run.save(workdir, None, started)  # a kill now resumes at the next group
-  member_records = [_member_record(m, members[m], run.progress[m], run.finished[m],
+  member_records = [member_record(m, members[m], run.progress[m], run.finished[m],
                                    dataset.test.label) for m in range(len(members))]
   record = summarise(config, members, member_records, dataset, is_synthetic,
                      backend=backend_name, device=run.device,
                      throughput=_throughput(run.timings, dataset.train.n),
                      wall_s=run.earlier_s + time.perf_counter() - started)
-  _write_outputs(config, members, run, record, save_members)
+  write_outputs(config, members, run.history, lambda m: run.finished[m].arrays, record,
+                save_members)
   return record
 
 
-def _write_metrics(workdir, history):
+def write_metrics(workdir: str, history: dict) -> None:
+  """metrics.jsonl of a population: per epoch, every member's losses keyed by its index."""
   records.write_metrics(workdir, [
       {'epoch': epoch, 'train_loss': {str(k): v for k, v in row['train_loss'].items()},
        'valid_loss': {str(k): v for k, v in row['valid_loss'].items()}}
@@ -267,7 +269,7 @@ def _throughput(timings, n_train):
   return n_train * sum(t[1] for t in rows) / seconds if seconds else 0.0
 
 
-def _member_record(member, config, progress, done, labels):
+def member_record(member, config, progress, done, labels):
   record = {'member': member, 'seed': config.seed, **config.hparams(),
             'best_epoch': progress.stopper.best_epoch,
             'best_valid_loss': progress.stopper.best_valid_loss,
@@ -330,7 +332,12 @@ def summarise(config: Config, members: Sequence[Config], member_records: Sequenc
   }
 
 
-def _write_outputs(config, members, run, record, save_members):
+def write_outputs(config: Config, members: Sequence[Config], history: dict,
+                  best_arrays: Callable[[int], Optional[dict]], record: dict,
+                  save_members: bool) -> None:
+  """results.csv, the loss curves, the chosen model's checkpoint (and every member's with
+  `save_members`), then results.json. `history`: {epoch: {'train_loss': {member: loss},
+  'valid_loss': {...}}}; `best_arrays(member)`: its best 2018 state_dict, None if it has none."""
   workdir, backend = config.workdir, record['backend']
   member_records = record['members']
   rows = []
@@ -348,23 +355,23 @@ def _write_outputs(config, members, run, record, save_members):
     label = f'seed {member["seed"]}' + (f' #{index}' if len(members) > 1 else '')
     curves[label] = [{'epoch': epoch, 'train_loss': row['train_loss'][index],
                       'valid_loss': row['valid_loss'][index]}
-                     for epoch, row in sorted(run.history.items()) if index in row['valid_loss']]
+                     for epoch, row in sorted(history.items()) if index in row['valid_loss']]
     best_epochs[label] = member['best_epoch']
   records.plot_loss_curve(os.path.join(workdir, records.LOSS_CURVE), curves, best_epochs,
                           f'{backend} LMF, {config.emotion}: {len(members)} models, valid loss '
                           'per epoch')
   chosen = record['chosen_member']
-  protocol.save_checkpoint(os.path.join(workdir, records.CHECKPOINT), run.finished[chosen].arrays,
+  protocol.save_checkpoint(os.path.join(workdir, records.CHECKPOINT), best_arrays(chosen),
                            members[chosen], backend,
                            epoch=member_records[chosen]['best_epoch'], member=chosen)
   if save_members:
     for index, member in enumerate(member_records):
-      if member['best_epoch'] and run.finished[index].arrays is not None:
-        protocol.save_checkpoint(
-            os.path.join(workdir, records.MEMBERS_DIR,
-                         f'member{index}-seed{member["seed"]}.safetensors'),
-            run.finished[index].arrays, members[index], backend, epoch=member['best_epoch'],
-            member=index)
+      arrays = best_arrays(index) if member['best_epoch'] else None
+      if arrays is not None:
+        protocol.save_checkpoint(os.path.join(workdir, records.member_checkpoint(index,
+                                                                                member['seed'])),
+                                 arrays, members[index], backend, epoch=member['best_epoch'],
+                                 member=index)
   files.write_json(os.path.join(workdir, records.RESULTS_JSON), record)  # last: marks it done
 
 

@@ -26,7 +26,7 @@ from absl import logging
 from engine import early_stopping
 from engine import records
 from engine import state_dict
-from engine.errors import Interrupted, RunError, StopRequested
+from engine.errors import Interrupted, NoModel, RunError, StopRequested
 from flags.config import Config
 from iemocap import metrics
 from iemocap.data import Dataset
@@ -196,7 +196,7 @@ def train_and_evaluate(config: Config, backend: Population, dataset: Dataset, is
     result = run_epoch(backend, epoch, [config], [progress], dataset)
     if progress.diverged:
       if not progress.stopper.best_epoch:
-        raise RunError(f'no model to test: {progress.diverged}')
+        raise NoModel(f'no model to test: {progress.diverged}')
       logging.warning('%s; testing the best model so far (epoch %d)', progress.diverged,
                       progress.stopper.best_epoch)
       break

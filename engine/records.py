@@ -20,11 +20,12 @@ CONFIG_JSON = 'config.json'
 CHECKPOINT = 'checkpoint.safetensors'
 TRAIN_STATE = 'train_state.safetensors'
 MEMBERS_DIR = 'members'
+TRIALS_DIR = 'trials'  # a population run as separate trials: one workdir each
 LOCK = '.lmf.lock'
 # Every name a run writes in its workdir: a fresh workdir holding one of them holds someone
 # else's file, which a run would replace.
 OUTPUTS = (RESULTS_JSON, RESULTS_CSV, METRICS_JSONL, LOSS_CURVE, CONFIG_JSON, CHECKPOINT,
-           TRAIN_STATE, MEMBERS_DIR)
+           TRAIN_STATE, MEMBERS_DIR, TRIALS_DIR)
 
 # The header the 2018 grid search wrote, in its order and spelling.
 CSV_2018_COLUMNS = (
@@ -40,6 +41,11 @@ CSV_2018_COLUMNS = (
 RESULT_KEYS = ('emotion', 'backend', 'f1', 'accuracy', 'test_loss', 'best_valid_loss',
                'best_epoch', 'epochs_run', 'stopped_by', 'majority_f1', 'majority_accuracy',
                'seed', 'train_samples_per_s', 'wall_s', 'data', 'synthetic')
+
+
+def member_checkpoint(member, seed):
+  """A population member's checkpoint, relative to the workdir (--save_members)."""
+  return os.path.join(MEMBERS_DIR, f'member{member}-seed{seed}.safetensors')
 
 
 def write_metrics(workdir, history):

@@ -18,7 +18,8 @@ import stat
 from absl import logging
 
 from engine.errors import RunError
-from engine.records import (CONFIG_JSON, LOCK, MEMBERS_DIR, OUTPUTS, RESULTS_JSON, TRAIN_STATE)
+from engine.records import (CONFIG_JSON, LOCK, MEMBERS_DIR, OUTPUTS, RESULTS_JSON, TRAIN_STATE,
+                            TRIALS_DIR)
 from flags.config import Config
 from iemocap import synthetic
 from iemocap.files import read_json, write_json
@@ -113,7 +114,7 @@ def prepare_workdir(config: Config, backend: str, options: dict, resume: bool,
                      f'{", ".join(differences)}): choose another --workdir')
     if not differences and RESULTS_JSON in present:
       return config, 'complete'
-    if not differences and TRAIN_STATE in present:
+    if not differences and (TRAIN_STATE in present or TRIALS_DIR in present):
       if not resume:
         raise RunError(f'workdir {workdir} holds an interrupted run: pass --resume to continue '
                        'it, or choose another --workdir')

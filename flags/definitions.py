@@ -55,6 +55,28 @@ def define_training_flags(flag_values=FLAGS):
                        'warm-up and print step time and samples/s instead of training.', **where)
 
 
+def define_population_flags(flag_values=FLAGS):
+  """--num_seeds, --sweep, --save_members and where the trials run: both trainers take them."""
+  where = {'flag_values': flag_values}
+  flags.DEFINE_integer('num_seeds', 1, 'Train this many models (seeds --seed, --seed+1, ...) '
+                       'and report mean, spread and the model with the lowest valid loss.',
+                       **where)
+  flags.DEFINE_multi_string('sweep', [], 'name=v1,v2,...: train every value (crossed with the '
+                            'other sweeps and the seeds), e.g. --sweep=lr=0.0005,0.001. '
+                            'Repeatable.', **where)
+  flags.DEFINE_boolean('save_members', False, 'With --num_seeds/--sweep: also write every '
+                       'model\'s checkpoint under members/.', **where)
+  flags.DEFINE_string('ray_address', '', 'Where a population\'s trials run. lmf_torch_npu: '
+                      'empty starts Ray on this machine when it is installed (else the trials '
+                      'run in this process); none: in this process, one after another; local: '
+                      'Ray on this machine; auto or HOST:PORT: a running Ray cluster. lmf_jax: '
+                      'empty trains the population in this process; any other value sends '
+                      'packs of models to Ray.', **where)
+  flags.DEFINE_integer('cpus_per_trial', 0, 'CPU cores each trial (or pack) reserves on Ray; '
+                       'torch uses that many threads on the CPU. 0: 1 on Ray (as many trials '
+                       'at once as cores), torch\'s default in this process.', **where)
+
+
 def config_from_flags(values=FLAGS, emotion=None):
   """The run's Config: preset < --para_path < explicit flags (`emotion` overrides --emotion)."""
   try:

@@ -7,14 +7,6 @@ from absl import flags
 
 
 def define_flags():
-  flags.DEFINE_integer('num_seeds', 1, 'Train this many models (seeds --seed, --seed+1, ...) '
-                       'side by side in one vmapped program and report mean, spread and the '
-                       'model with the lowest valid loss.')
-  flags.DEFINE_multi_string('sweep', [], 'name=v1,v2,...: train every value (crossed with the '
-                            'other sweeps and the seeds), e.g. --sweep=lr=0.0005,0.001. '
-                            'Repeatable.')
-  flags.DEFINE_boolean('save_members', False, 'With --num_seeds/--sweep: also write every '
-                       'model\'s checkpoint under members/.')
   flags.DEFINE_integer('devices', 0, 'Shard a population\'s models over at most this many of '
                        'each process\'s jax devices (0: all of them).')
   flags.DEFINE_string('coordinator_address', '', 'jax.distributed: HOST:PORT of process 0, to '

@@ -279,6 +279,7 @@ def main(argv):
 if __name__ == '__main__':
   # Only the command line defines flags: importing this module as a library defines none.
   definitions.define_training_flags()
+  definitions.define_population_flags()
   options.define_flags()
   flags.adopt_module_key_flags(definitions)  # `--help` lists them, not only this module's (none)
   flags.adopt_module_key_flags(options)

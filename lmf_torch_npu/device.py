@@ -157,7 +157,9 @@ def describe(choice):
     return f'{choice.name} ({torch.cuda.get_device_name(choice.index)})'
   if choice.kind == 'npu':
     return f'{choice.name} ({import_torch_npu()[0].npu.get_device_name(choice.index)})'
-  return 'cpu'
+  # float32 results on the CPU depend on the thread count: the record names it
+  threads = torch.get_num_threads()
+  return f'cpu ({threads} thread{"s" if threads > 1 else ""})'
 
 
 def import_ascend_apex():

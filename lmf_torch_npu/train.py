@@ -1,13 +1,21 @@
-"""Train LMF in PyTorch: `python -m lmf_torch_npu.train --emotion=sad [--device=auto] [--amp=auto]`.
+"""Train LMF in PyTorch: `python -m lmf_torch_npu.train --emotion=sad [--device=auto] [--amp=auto]`,
+or a population: `--num_seeds=N`, `--sweep=name=v1,v2`, `--emotion=all`, its trials on Ray.
 
-The library entry point is `train_and_evaluate(config, options)`; `main` only
-turns flags into a Config and TorchOptions. The protocol (epochs, early
-stopping, outputs) is shared with the JAX trainer in engine/protocol.py; this
-module supplies the torch steps, on an Ascend NPU, a CUDA GPU or the CPU.
+The library entry points are `train_and_evaluate(config, options)` (one model)
+and `train_population(config, num_seeds, sweeps, ...)`; `main` only turns flags
+into a Config and TorchOptions. The protocol (epochs, early stopping, outputs)
+is shared with the JAX trainer in engine/; this module supplies the torch
+steps, on an Ascend NPU, a CUDA GPU or the CPU. torch cannot batch models
+(torch.vmap does not take nn.LSTM), so a population is separate trials, one per
+member, each the lone run of its seed (engine/trials.py), side by side on Ray.
 """
 
+import contextlib
+import dataclasses
+import functools
+import os
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,16 +25,20 @@ from absl import logging
 
 from engine import cli
 from engine import datasets
+from engine import population as engine_population
 from engine import protocol
+from engine import ray_trials
 from engine import records
 from engine import state_dict
+from engine import trials
 from engine import workdirs
-from engine.errors import RunError
+from engine.errors import NoModel, RunError
 from flags import definitions
 from flags import hardware
 from flags.config import Config
+from flags.errors import ConfigError
 from iemocap import batching
-from iemocap.data import Dataset
+from iemocap.data import EMOTIONS, Dataset
 from lmf_torch_npu import checkpoint
 from lmf_torch_npu import device as device_lib
 from lmf_torch_npu import model as model_lib
@@ -179,6 +191,102 @@ def train_and_evaluate(config, torch_options=device_lib.TorchOptions(), resume=F
     return protocol.train_and_evaluate(config, run, dataset, is_synthetic, status, on_epoch_end)
 
 
+def run_trial(config: Config, torch_options: device_lib.TorchOptions, threads: int,
+              on_epoch_end: Optional[protocol.OnEpochEnd] = None) -> Optional[str]:
+  """One trial of a population (engine.trials): the lone run of its member, continued when its
+  workdir holds one; returns why it kept no model, if it kept none. On the CPU torch's float32
+  results depend on its thread count: `threads` (0: torch's default) fixes it."""
+  if threads:
+    torch.set_num_threads(threads)
+  cli.reuse_freed_memory()  # a Ray worker's first trial: its process never ran a command line
+  try:
+    train_and_evaluate(config, torch_options, resume=workdirs.holds_run(config, BACKEND, {}),
+                       on_epoch_end=on_epoch_end)
+  except NoModel as e:
+    return str(e)
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Trials:
+  """Where a population's trials run: the scheduler, and what each trial is given."""
+  scheduler: trials.Scheduler
+  kind: str  # the trials' device kind: npu | cuda | cpu
+  torch_options: device_lib.TorchOptions  # as each trial resolves them (Ray: its one device)
+  threads: int  # torch's CPU threads in each trial (0: torch's default)
+  requested: device_lib.TorchOptions  # as asked for (part of the workdir fingerprint)
+
+  def options_record(self, num_seeds: int, sweeps: Sequence) -> dict:
+    """What besides the Config makes a population's identity (its workdir fingerprint): the
+    trials' device and, on the CPU, their thread count (float32 results depend on it)."""
+    return {'num_seeds': num_seeds, 'sweep': [[n, v] for n, v in sweeps], 'device': self.kind,
+            'amp': self.requested.amp, 'loss_scale': self.requested.loss_scale,
+            'amp_backend': self.requested.amp_backend,
+            'cpu_threads': self.threads if self.kind == 'cpu' else 0}
+
+
+@contextlib.contextmanager
+def trial_scheduler(ray_address: str = '',
+                    torch_options: device_lib.TorchOptions = device_lib.TorchOptions(),
+                    cpus_per_trial: int = 0):
+  """Trials for the block: on Ray (started here, or the cluster at `ray_address`) one NPU or
+  GPU per trial, or `cpus_per_trial` cores on the CPU, with that device the worker's only
+  visible one; with 'none' (or no Ray installed and no address) here, one after another."""
+  if cpus_per_trial < 0:
+    raise ConfigError(f'--cpus_per_trial={cpus_per_trial} must be >= 0 (0: the default)')
+  kind, index = device_lib.parse_device(torch_options.device)
+  if ray_address == 'none' or (not ray_address and not ray_trials.available()):
+    if ray_address != 'none':
+      logging.warning('Ray is not installed: the trials run one after another in this process '
+                      '(%s to run them side by side)', ray_trials.INSTALL)
+    choice = device_lib.select_device(torch_options.device)
+    threads = cpus_per_trial or (torch.get_num_threads() if choice.kind == 'cpu' else 0)
+    yield Trials(trials.InProcess(), choice.kind, torch_options, threads, torch_options)
+    return
+  if index is not None:
+    raise ConfigError(f'--device={torch_options.device}: Ray gives each trial its device; pass '
+                      f'--device={kind}')
+  with ray_trials.connect(ray_address) as resources:
+    if kind == 'auto':
+      kind = 'npu' if resources.get('NPU') else 'cuda' if resources.get('GPU') else 'cpu'
+    cpus = cpus_per_trial or 1
+    options, unit = {'num_cpus': cpus}, {'npu': 'NPU', 'cuda': 'GPU'}.get(kind)
+    if unit and not resources.get(unit):
+      raise ConfigError(f'--device={kind}: the Ray cluster has no {unit} (it has '
+                        f'{", ".join(k for k in ("CPU", "GPU", "NPU") if resources.get(k))})')
+    if kind == 'npu':
+      options['resources'] = {'NPU': 1}
+    elif kind == 'cuda':
+      options['num_gpus'] = 1
+    slots = int(resources.get('CPU', 0) // cpus)
+    if unit:
+      slots = min(slots, int(resources[unit]))
+    device = 'cpu' if kind == 'cpu' else f'{kind}:0'  # the one device Ray left visible
+    yield Trials(ray_trials.RayScheduler(options, max(slots, 1)), kind,
+                 dataclasses.replace(torch_options, device=device), cpus if kind == 'cpu' else 0,
+                 torch_options)
+
+
+def train_population(config: Config, setup: Trials, num_seeds: int = 1, sweeps: Sequence = (),
+                     save_members: bool = False, resume: bool = False,
+                     on_epoch_end: Optional[protocol.OnEpochEnd] = None) -> dict:
+  """Trains (or resumes, or reports) seeds x settings of one emotion in config.workdir, one
+  trial per member where `setup` (from trial_scheduler) runs them; returns results.json's
+  record."""
+  dataset, is_synthetic, data_note = datasets.open_dataset(config)  # cached before any worker
+  logging.info(data_note)
+  engine_population.member_configs(config, num_seeds, sweeps)  # refused before a claim
+  with workdirs.claim_workdir(config, BACKEND, setup.options_record(num_seeds, sweeps),
+                              resume) as (config, status):
+    if status == 'complete':
+      logging.info('%s already holds the finished run: reporting it', config.workdir)
+      return protocol.finished_record(config)
+    members = engine_population.member_configs(config, num_seeds, sweeps)
+    run = functools.partial(run_trial, torch_options=setup.torch_options, threads=setup.threads)
+    return trials.train_trials(config, members, setup.scheduler, run, dataset, is_synthetic,
+                               BACKEND, save_members, on_epoch_end)
+
+
 def measure_performance(config, torch_options, count):
   """The seed's performance mode: step time and samples/s (FPS) after a warm-up."""
   dataset, _, data_note = datasets.open_dataset(config)
@@ -189,12 +297,48 @@ def measure_performance(config, torch_options, count):
           **records.perf_report(batch_size, step_s, count)}
 
 
+def main_members(values, torch_options, stop):
+  """--num_seeds / --sweep / --emotion=all: a population of trials per emotion."""
+  sweeps = engine_population.parse_sweeps(values.sweep)
+  emotions = EMOTIONS if values.emotion.strip().lower() == 'all' else [None]
+  if values.perf_steps > 0:
+    raise ConfigError('--perf_steps times one model\'s steps: drop --num_seeds/--sweep and give '
+                      'one --emotion')
+  configs = []
+  for emotion in emotions:
+    config = definitions.config_from_flags(values, emotion)
+    if emotion and values.workdir:
+      config = dataclasses.replace(config, workdir=os.path.join(values.workdir, emotion))
+    configs.append(config)
+  with trial_scheduler(values.ray_address, torch_options, values.cpus_per_trial) as setup:
+    options_record = setup.options_record(values.num_seeds, sweeps)
+    resumes = [values.resume and workdirs.holds_run(c, BACKEND, options_record) for c in configs]
+    if values.resume and not any(resumes):
+      raise ConfigError('--resume: no workdir of this command holds a run to continue')
+    results = []
+    for config, resume in zip(configs, resumes):
+      results.append(train_population(config, setup, values.num_seeds, sweeps,
+                                      values.save_members, resume, stop.check))
+      print(engine_population.format_members(results[-1]))
+      print(f'outputs: {results[-1]["workdir"]}')
+  if len(results) > 1:
+    print(engine_population.emotions_table(results))
+
+
 @cli.user_errors_exit
 def main(argv):
   cli.refuse_arguments(argv)
   cli.reuse_freed_memory()
-  config = definitions.config_from_flags()
+  values = definitions.FLAGS
   torch_options = options.options_from_flags()
+  if values.num_seeds != 1 or values.sweep or values.emotion.strip().lower() == 'all':
+    main_members(values, torch_options, cli.StopOnSignal().install())
+    return
+  for name in ('ray_address', 'cpus_per_trial', 'save_members'):
+    if values[name].present:
+      raise ConfigError(f'--{name} is for a population: give --num_seeds > 1, --sweep or '
+                        '--emotion=all (a single run trains here, on --device)')
+  config = definitions.config_from_flags()
   if definitions.FLAGS.perf_steps > 0:
     print(records.format_perf(measure_performance(config, torch_options,
                                                   definitions.FLAGS.perf_steps)))
@@ -209,6 +353,7 @@ def main(argv):
 if __name__ == '__main__':
   # Only the command line defines flags: importing this module as a library defines none.
   definitions.define_training_flags()
+  definitions.define_population_flags()
   options.define_flags()
   flags.adopt_module_key_flags(definitions)  # `--help` lists them, not only this module's (none)
   flags.adopt_module_key_flags(options)

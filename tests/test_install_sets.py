@@ -40,6 +40,30 @@ def test_the_extras_run_py_installs_exist():
   assert not [r for rs in extras.values() for r in rs if run._canonical(r).startswith('apex')]
 
 
+def test_the_main_job_stays_lean_and_the_tests_install_every_extra(monkeypatch):
+  tomllib = pytest.importorskip('tomllib')
+  with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+    extras = tomllib.load(f)['project']['optional-dependencies']
+  optional = set(extras) - {'jax', 'torch', 'dev', 'cuda', 'npu'}
+  assert set(run.JOB_EXTRAS['test']) == optional == {'cluster', 'export'}
+  assert 'train' not in run.JOB_EXTRAS
+  for wanted in extras['cluster'] + extras['export']:  # pinned, like everything CI installs
+    name = run._canonical(wanted.split('>')[0].split('=')[0])
+    assert name in CPU and name in CUDA and name in NPU
+  calls = []
+  monkeypatch.setattr(run, 'ensure_environment', lambda a, extras: calls.append(extras))
+  run.main(['test'])
+  run.main(['train'])
+  assert calls == [('cluster', 'export'), ()]
+
+
+def test_a_stamp_keeps_the_extras_installed_under_its_fingerprint():
+  assert run._installed_extras('abc\n', 'abc') == set()  # before extras existed
+  assert run._installed_extras('abc\ncluster,export\n', 'abc') == {'cluster', 'export'}
+  assert run._installed_extras('abc\ncluster\n', 'other') is None
+  assert run._pip_install('py', 'cpu', extras=['cluster'])[-1] == f'{run.ROOT}[jax,torch,dev,cluster]'
+
+
 def test_the_cpu_install_command_is_the_one_before_accelerators():
   assert run._pip_install('py', 'cpu', '--quiet') == [
       'py', '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check',
@@ -91,7 +115,8 @@ def test_the_flag_or_the_variable_chooses_the_environment(monkeypatch, argv, env
   else:
     monkeypatch.setenv('LMF_ACCELERATOR', environment)
   calls = []
-  monkeypatch.setattr(run, 'ensure_environment', lambda a: calls.append(a))  # None: pip failed
+  monkeypatch.setattr(run, 'ensure_environment',
+                      lambda a, extras: calls.append(a))  # None: pip failed
   assert run.main(argv) == 1
   assert calls == [chosen]
 
@@ -105,7 +130,7 @@ def test_an_unknown_accelerator_is_one_line_and_exit_2(monkeypatch, capsys, argv
   monkeypatch.delenv('LMF_ACCELERATOR', raising=False)
   if environment:
     monkeypatch.setenv('LMF_ACCELERATOR', environment)
-  monkeypatch.setattr(run, 'ensure_environment', lambda a: pytest.fail('installed'))
+  monkeypatch.setattr(run, 'ensure_environment', lambda a, extras: pytest.fail('installed'))
   monkeypatch.setattr(run, 'check_install', lambda a: pytest.fail('checked'))
   assert run.main(argv) == 2
   error = capsys.readouterr().err
@@ -114,7 +139,7 @@ def test_an_unknown_accelerator_is_one_line_and_exit_2(monkeypatch, capsys, argv
 
 def test_an_older_python_is_one_line_and_exit_2(monkeypatch, capsys):
   monkeypatch.setattr(run, 'MIN_PYTHON', (99, 0))
-  monkeypatch.setattr(run, 'ensure_environment', lambda a: pytest.fail('installed'))
+  monkeypatch.setattr(run, 'ensure_environment', lambda a, extras: pytest.fail('installed'))
   assert run.main(['train']) == 2
   error = capsys.readouterr().err
   assert error.count('\n') == 1 and 'Python 99.0 or newer' in error

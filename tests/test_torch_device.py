@@ -330,7 +330,8 @@ def test_bf16_training_runs_on_a_cpu_without_avx512(small_data_dir, tmp_path):
   assert result.returncode == 0, result.stderr
   assert result.stderr.count(FALLBACK_LOG) == 1, result.stderr
   record = files.read_json(workdir / records.RESULTS_JSON)
-  assert record['device'] == 'cpu, amp O1 (native, bfloat16, loss scale none, LSTM in float32)'
+  assert record['device'] == ('cpu (1 thread), amp O1 (native, bfloat16, loss scale none, LSTM '
+                              'in float32)')
   assert files.read_json(workdir / records.CONFIG_JSON)['backend_options'] == {
       'device': 'cpu', 'amp': 'O1', 'amp_backend': 'native', 'amp_dtype': 'bfloat16',
       'loss_scale': 'none'}

@@ -45,7 +45,7 @@ def finished_run(small_data_dir, tmp_path_factory):
 def test_outputs_are_complete_and_name_the_backend_and_device(finished_run):
   config, record = finished_run
   saved, _, config_json, _ = check_run_outputs(config.workdir, config, record, 'torch')
-  assert saved['device'] == 'cpu, float32'
+  assert saved['device'] == 'cpu (1 thread), float32'  # the thread count shapes float32 bits
   assert config_json['backend_options'] == {'device': 'cpu', 'amp': 'off', 'amp_backend': 'none',
                                             'amp_dtype': 'float32', 'loss_scale': 'none'}
 
@@ -122,7 +122,7 @@ def test_bf16_amp_on_cpu_trains_and_stays_finite(small_data_dir, tmp_path):
   config = small_config(small_data_dir, tmp_path / 'amp', epochs=6, patience=10)
   record = train.train_and_evaluate(config, TorchOptions(device='cpu', amp='O1'))
   # ', LSTM in float32)' follows where this CPU's oneDNN has no bf16 LSTM.
-  assert record['device'].startswith('cpu, amp O1 (native, bfloat16, loss scale none')
+  assert record['device'].startswith('cpu (1 thread), amp O1 (native, bfloat16, loss scale none')
   history = records.read_metrics(config.workdir)
   assert all(math.isfinite(r['train_loss']) and math.isfinite(r['valid_loss']) for r in history)
   assert history[-1]['train_loss'] < history[0]['train_loss']
@@ -181,7 +181,7 @@ def test_perf_mode_reports_step_time(small_data_dir):
   result = run_cli('lmf_torch_npu.train', f'--data_path={small_data_dir}', '--perf_steps=5',
                    '--text_hidden=16', '--batch_size=32', '--emotion=sad')
   assert result.returncode == 0, result.stderr
-  assert re.match(r'torch sad on cpu, float32: 5 steps of batch 32, step time [0-9.]+ ms, '
+  assert re.match(r'torch sad on cpu \(1 thread\), float32: 5 steps of batch 32, step time [0-9.]+ ms, '
                   r'[0-9]+ samples/s \(FPS\)$', result.stdout.strip()), result.stdout
 
 
@@ -211,7 +211,7 @@ def test_modelzoo_scripts_run_on_cpu_and_print_the_parsed_lines(small_data_dir, 
   lines = result.stdout.strip().splitlines()
   for pattern in MODELZOO_LINES:
     assert any(re.fullmatch(pattern, line) for line in lines), (pattern, result.stdout)
-  assert 'Device : cpu, float32' in lines
+  assert 'Device : cpu (1 thread), float32' in lines
   log_dir = out / 'test' / 'output' / '3'
   assert (log_dir / 'train_3.log').exists()
   assert (log_dir / 'modelzoo_summary.log').read_text() == result.stdout

@@ -1,0 +1,224 @@
+"""torch populations: one trial per member, on Ray or in process, each the lone run of its seed.
+
+These run a real local Ray (the `cluster` extra). On the CPU torch's float32 bits depend on
+its thread count, so lone runs are compared under OMP_NUM_THREADS=1, the threads a Ray trial
+on one core uses.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from engine import records
+from iemocap import files
+import run_helpers
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ray = pytest.importorskip('ray')
+
+SEEDS = 3
+# A high learning rate makes the members stop at different epochs on the small set.
+FLAGS = ['--emotion=sad', '--seed=10', '--epochs=8', '--patience=2', '--lr=0.02',
+         '--factor_lr=0.02'] + [f'--{k}={v}' for k, v in run_helpers.SMALL.items()
+                                if k not in ('lr', 'factor_lr')]
+SAME = ('member', 'seed', 'best_epoch', 'best_valid_loss', 'epochs_run', 'stopped_by', 'f1',
+        'accuracy', 'test_loss')
+
+
+def command(data_dir, workdir, *extra):
+  return [sys.executable, '-m', 'lmf_torch_npu.train', f'--data_path={data_dir}',
+          f'--workdir={workdir}', *FLAGS, *extra]
+
+
+def environment(**extra):
+  env = {**os.environ, 'RAY_USAGE_STATS_ENABLED': '0', **extra}
+  env.pop('RAY_ADDRESS', None)
+  return env
+
+
+def train(data_dir, workdir, *extra, **env):
+  process = subprocess.run(command(data_dir, workdir, *extra), capture_output=True, text=True,
+                           timeout=240, env=environment(**env))
+  assert process.returncode == 0, process.stderr[-3000:]
+  return files.read_json(os.path.join(workdir, records.RESULTS_JSON)), process
+
+
+def trial_dirs(workdir):
+  return sorted(os.listdir(os.path.join(workdir, records.TRIALS_DIR)),
+                key=lambda name: int(name.split('-')[0]))
+
+
+def checkpoint_bytes(workdir):
+  """Every trial's checkpoint bytes, in member order."""
+  return [run_helpers.read_bytes(os.path.join(workdir, records.TRIALS_DIR, name,
+                                              records.CHECKPOINT))
+          for name in trial_dirs(workdir)]
+
+
+def members(record):
+  return [{k: m[k] for k in SAME} for m in record['members']]
+
+
+@pytest.fixture(scope='module')
+def ray_run(small_data_dir, tmp_path_factory):
+  """The population on a Ray started by the command (the embedded default)."""
+  workdir = str(tmp_path_factory.mktemp('ray') / 'run')
+  record, process = train(small_data_dir, workdir, f'--num_seeds={SEEDS}', '--save_members')
+  return workdir, record, process
+
+
+def test_each_trial_is_its_lone_run_and_the_population_chooses_on_validation(
+    ray_run, small_data_dir, tmp_path):
+  workdir, record, process = ray_run
+  assert 'trials: 3 done, 0 running, 0 pending; best valid loss so far' in process.stderr
+  assert 'on Ray, up to' in record['device']
+  stopped_at = {m['epochs_run'] for m in record['members']}
+  assert len(stopped_at) > 1, stopped_at
+  lone_dir = str(tmp_path / 'lone')
+  lone, _ = train(small_data_dir, lone_dir, '--seed=11', OMP_NUM_THREADS='1')
+  assert run_helpers.read_bytes(os.path.join(lone_dir, records.CHECKPOINT)) == \
+      checkpoint_bytes(workdir)[1]
+  assert {k: lone[k] for k in SAME if k != 'member'} == \
+      {k: v for k, v in members(record)[1].items() if k != 'member'}
+  chosen = min(record['members'], key=lambda m: m['best_valid_loss'])
+  assert record['chosen_member'] == chosen['member'] and record['f1'] == chosen['f1']
+  best = os.path.join(workdir, records.TRIALS_DIR, trial_dirs(workdir)[chosen['member']],
+                      records.CHECKPOINT)
+  import safetensors.numpy  # pylint: disable=import-outside-toplevel
+  chosen_arrays = safetensors.numpy.load_file(os.path.join(workdir, records.CHECKPOINT))
+  trial_arrays = safetensors.numpy.load_file(best)
+  assert all((chosen_arrays[k] == trial_arrays[k]).all() for k in trial_arrays)
+  for m in record['members']:
+    assert os.path.exists(os.path.join(workdir, records.member_checkpoint(m['member'], m['seed'])))
+  history = records.read_metrics(workdir)
+  assert sorted(history[0]['valid_loss']) == ['0', '1', '2']
+  assert len(history) == max(stopped_at)
+
+
+def test_in_process_trials_equal_the_ray_trials(ray_run, small_data_dir, tmp_path):
+  workdir, record, _ = ray_run
+  inline = str(tmp_path / 'inline')
+  inline_record, process = train(small_data_dir, inline, f'--num_seeds={SEEDS}',
+                                 '--ray_address=none', '--cpus_per_trial=1')
+  assert 'one trial after another in this process' in inline_record['device']
+  assert members(inline_record) == members(record)
+  assert checkpoint_bytes(inline) == checkpoint_bytes(workdir)
+  assert run_helpers.read_bytes(os.path.join(inline, records.CHECKPOINT)) == \
+      run_helpers.read_bytes(os.path.join(workdir, records.CHECKPOINT))
+
+
+def _wait_for(predicate, process, what, timeout=120):
+  deadline = time.monotonic() + timeout
+  while not predicate():
+    assert process.poll() is None, f'the command ended before {what}: {process.stderr.read()}'
+    assert time.monotonic() < deadline, f'timed out waiting for {what}'
+    time.sleep(0.05)
+
+
+def _trial_pid(trial):
+  """The pid in a trial's lock file (its holder), once one holds it and has saved an epoch."""
+  try:
+    holder = open(os.path.join(trial, records.LOCK), encoding='utf-8').read()
+  except OSError:
+    return None
+  if not holder or not os.path.exists(os.path.join(trial, records.TRAIN_STATE)):
+    return None
+  return int(holder.split()[1])
+
+
+def test_a_killed_trial_worker_is_retried_and_ends_bitwise_equal(ray_run, small_data_dir,
+                                                                 tmp_path):
+  workdir, record, _ = ray_run
+  killed = str(tmp_path / 'killed')
+  trial = os.path.join(killed, records.TRIALS_DIR, '0-seed10')
+  process = subprocess.Popen(command(small_data_dir, killed, f'--num_seeds={SEEDS}'),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=environment())
+  try:
+    _wait_for(lambda: _trial_pid(trial), process, 'trial 0 saved an epoch')
+    pid = _trial_pid(trial)
+    assert pid != process.pid  # the trial runs in a Ray worker, not in the command
+    os.kill(pid, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=240)
+  finally:
+    process.kill()
+  assert process.returncode == 0, stderr[-3000:]
+  resumed = files.read_json(os.path.join(killed, records.RESULTS_JSON))
+  assert members(resumed) == members(record)
+  assert checkpoint_bytes(killed) == checkpoint_bytes(workdir)
+
+
+def test_sigint_stops_the_trials_and_resume_does_not_redo_finished_ones(ray_run, small_data_dir,
+                                                                        tmp_path):
+  workdir, record, _ = ray_run
+  stopped = str(tmp_path / 'stopped')
+  process = subprocess.Popen(command(small_data_dir, stopped, f'--num_seeds={SEEDS}'),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=environment())
+  try:
+    _wait_for(lambda: any(os.path.exists(os.path.join(stopped, records.TRIALS_DIR, d,
+                                                      records.RESULTS_JSON))
+                          for d in ('0-seed10', '1-seed11')), process, 'a finished trial')
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  assert process.returncode == 130, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1].startswith('error: stopped by SIGINT')
+  assert '--resume' in stderr.strip().splitlines()[-1]
+  assert not os.path.exists(os.path.join(stopped, records.RESULTS_JSON))
+  finished = {d: os.stat(os.path.join(stopped, records.TRIALS_DIR, d, records.RESULTS_JSON))
+              .st_mtime_ns for d in trial_dirs(stopped)
+              if os.path.exists(os.path.join(stopped, records.TRIALS_DIR, d,
+                                             records.RESULTS_JSON))}
+  assert finished and len(finished) < SEEDS
+  refused = subprocess.run(command(small_data_dir, stopped, f'--num_seeds={SEEDS}'),
+                           capture_output=True, text=True, timeout=120, env=environment())
+  assert refused.returncode != 0 and 'pass --resume' in refused.stderr.strip().splitlines()[-1]
+  resumed, _ = train(small_data_dir, stopped, f'--num_seeds={SEEDS}', '--resume')
+  for d, mtime in finished.items():  # reported, not trained again
+    assert os.stat(os.path.join(stopped, records.TRIALS_DIR, d,
+                                records.RESULTS_JSON)).st_mtime_ns == mtime
+  assert members(resumed) == members(record)
+  assert checkpoint_bytes(stopped) == checkpoint_bytes(workdir)
+
+
+def test_a_running_ray_cluster_gives_the_embedded_result(ray_run, small_data_dir, tmp_path):
+  workdir, record, _ = ray_run
+  ray_cli = os.path.join(os.path.dirname(sys.executable), 'ray')
+  port = '6391'
+  env = environment()
+  started = subprocess.run([ray_cli, 'start', '--head', f'--port={port}', '--num-cpus=2',
+                            '--include-dashboard=false', '--disable-usage-stats'],
+                           capture_output=True, text=True, timeout=120, env=env)
+  assert started.returncode == 0, started.stderr[-3000:]
+  try:
+    joined = str(tmp_path / 'joined')
+    # An address names a remote cluster to Ray, which then sends a token only when told to.
+    joined_record, _ = train(small_data_dir, joined, f'--num_seeds={SEEDS}',
+                             f'--ray_address=127.0.0.1:{port}', RAY_AUTH_MODE='token')
+  finally:
+    subprocess.run([ray_cli, 'stop', '--force'], capture_output=True, timeout=120, env=env)
+  assert members(joined_record) == members(record)
+  assert checkpoint_bytes(joined) == checkpoint_bytes(workdir)
+  shutil.rmtree(joined)
+
+
+def test_population_flags_are_refused_on_a_single_run_and_a_dead_address_is_one_line(
+    small_data_dir, tmp_path):
+  single = subprocess.run(command(small_data_dir, str(tmp_path / 'a'), '--ray_address=auto'),
+                          capture_output=True, text=True, timeout=120, env=environment())
+  assert single.returncode == 2
+  assert single.stderr.strip().splitlines()[-1].startswith('error: --ray_address is for a '
+                                                           'population')
+  dead = subprocess.run(command(small_data_dir, str(tmp_path / 'b'), '--num_seeds=2',
+                                '--ray_address=127.0.0.1:1'),
+                        capture_output=True, text=True, timeout=180, env=environment())
+  assert dead.returncode == 2, dead.stderr[-2000:]
+  assert dead.stderr.strip().splitlines()[-1].startswith('error: --ray_address=127.0.0.1:1')
+  assert not os.path.exists(tmp_path / 'b')
