@@ -26,7 +26,7 @@ from engine import early_stopping
 from engine import protocol
 from engine import records
 from engine import state_dict
-from engine.errors import CheckpointError, RunError
+from engine.errors import CheckpointError, NoModel
 from flags import presets
 from flags.config import Config
 from flags.errors import ConfigError
@@ -292,7 +292,7 @@ def summarise(config: Config, members: Sequence[Config], member_records: Sequenc
   """results.json: the chosen setting's mean and spread over seeds, and its chosen model."""
   candidates = [r for r in member_records if r['best_valid_loss'] is not None]
   if not candidates:
-    raise RunError('every model diverged: lower --lr/--factor_lr')
+    raise NoModel('every model diverged: lower --lr/--factor_lr')
   settings = {}
   for r in candidates:
     settings.setdefault(_setting(r), []).append(r)

@@ -24,7 +24,7 @@ from iemocap.errors import UserError
 INSTALL = ('install the cluster extra (python3 run.py installs it; or pip install -e '
            '".[cluster]")')
 RETRIES = 3  # times Ray runs a trial again after its worker or node died
-POLL_S = 1.0  # how often the command checks for a stop request and reports progress
+POLL_S = 0.5  # how often the command checks for a stop request and reports progress
 
 
 def import_ray():
@@ -85,9 +85,9 @@ def _check_reachable(address):
                       '--ray_address empty to start Ray here') from None
 
 
-def _run_trial(run_trial, config):
+def _run_trial(run_trial, trial):
   """The Ray task: one trial, in a worker that Ray placed on its devices."""
-  return run_trial(config)
+  return run_trial(trial)
 
 
 class RayScheduler:
@@ -101,7 +101,7 @@ class RayScheduler:
     ray = import_ray()
     task = ray.remote(_run_trial).options(max_retries=RETRIES, retry_exceptions=False,
                                           **self.options)
-    running = {task.remote(run_trial, trial.config): trial for trial in trials}
+    running = {task.remote(run_trial, trial): trial for trial in trials}
     no_model = {}
     try:
       while running:
@@ -110,8 +110,8 @@ class RayScheduler:
           trial = running.pop(ref)
           why = _result(ray, ref, trial)
           if why:
-            no_model[trial.member] = why
-          progress.finished(trial.member)
+            no_model[trial.name] = why
+          progress.finished(trial)
         progress.report()
         if on_epoch_end is not None:
           on_epoch_end(0)  # raises StopRequested after a signal
@@ -131,7 +131,7 @@ def _result(ray, ref, trial) -> Optional[str]:
     raise
   except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
           ray.exceptions.OutOfMemoryError) as e:
-    raise RunError(f'trial {trial.member} (seed {trial.config.seed}) lost its worker '
+    raise RunError(f'trial {trial.name} lost its worker '
                    f'{RETRIES + 1} times ({type(e).__name__}); it keeps its last saved epoch in '
                    f'{trial.config.workdir}: rerun with --resume') from None
 

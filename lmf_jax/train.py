@@ -8,6 +8,7 @@ engine's (engine/protocol.py, engine/population.py), shared with the torch
 trainer; this module and lmf_jax/population.py supply the jitted programs.
 """
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -27,9 +28,12 @@ from engine import cli
 from engine import datasets
 from engine import population as engine_population
 from engine import protocol
+from engine import ray_trials
 from engine import records
 from engine import state_dict
+from engine import trials
 from engine import workdirs
+from engine.errors import NoModel
 from flags import definitions
 from flags.config import Config
 from flags.errors import ConfigError
@@ -188,6 +192,73 @@ def train_population(config: Config, num_seeds: int = 1, sweeps: Sequence = (),
                                               status, save_members, on_epoch_end)
 
 
+def run_pack(trial: trials.Trial, on_epoch_end: Optional[protocol.OnEpochEnd] = None):
+  """A pack of a population sent to a Ray worker (engine.trials): its members as one population
+  sharded over the worker's devices, continued when its workdir holds one; returns why it kept
+  no model, if it kept none."""
+  cli.reuse_freed_memory()  # a Ray worker's first pack: its process never ran a command line
+  enable_compilation_cache()
+  dataset, is_synthetic, _ = datasets.open_dataset(trial.config)
+  identity = {'pack': [[c.seed, c.hparams()] for c in trial.configs]}
+  make = lambda configs: population.JaxPopulation(configs, dataset, jax.devices())
+  with workdirs.claim_workdir(trial.config, BACKEND, identity,
+                              workdirs.holds_run(trial.config, BACKEND, identity)) as (config,
+                                                                                     status):
+    if status == 'complete':
+      return None
+    try:
+      engine_population.train_population(config, list(trial.configs), make, dataset,
+                                         is_synthetic, status, True, on_epoch_end)
+    except NoModel as e:
+      return str(e)
+  return None
+
+
+@contextlib.contextmanager
+def pack_scheduler(ray_address: str, models: int, models_per_pack: int = 0,
+                   devices_per_pack: int = 0, cpus_per_pack: int = 0):
+  """(Ray scheduler, models per pack) for the block: each pack a Ray task on `devices_per_pack`
+  GPUs (default 1) where the cluster has GPUs, else on `cpus_per_pack` cores (default 1); by
+  default the population is split so that the cluster runs every pack at once."""
+  for name, value in (('models_per_pack', models_per_pack), ('devices', devices_per_pack),
+                      ('cpus_per_trial', cpus_per_pack)):
+    if value < 0:
+      raise ConfigError(f'--{name}={value} must be >= 0 (0: the default)')
+  with ray_trials.connect(ray_address) as resources:
+    cpus = cpus_per_pack or 1
+    options, slots = {'num_cpus': cpus}, int(resources.get('CPU', 0) // cpus)
+    if resources.get('GPU'):
+      options['num_gpus'] = devices_per_pack or 1
+      slots = min(slots, int(resources['GPU'] // options['num_gpus']))
+    slots = max(slots, 1)
+    yield (ray_trials.RayScheduler(options, slots),
+           models_per_pack or trials.packs_for(models, slots))
+
+
+def train_population_on_ray(config: Config, scheduler: trials.Scheduler, models_per_pack: int,
+                            num_seeds: int = 1, sweeps: Sequence = (),
+                            save_members: bool = False, resume: bool = False,
+                            on_epoch_end: Optional[protocol.OnEpochEnd] = None) -> dict:
+  """train_population split into packs of `models_per_pack` members of one shape, each sent
+  by `scheduler` (pack_scheduler) to a Ray worker; returns results.json's record."""
+  dataset, is_synthetic, data_note = datasets.open_dataset(config)  # cached before any worker
+  logging.info(data_note)
+  engine_population.member_configs(config, num_seeds, sweeps)  # refused before a claim
+  options_record = pack_options(num_seeds, sweeps, models_per_pack)
+  with workdirs.claim_workdir(config, BACKEND, options_record, resume) as (config, status):
+    if status == 'complete':
+      logging.info('%s already holds the finished run: reporting it', config.workdir)
+      return protocol.finished_record(config)
+    members = engine_population.member_configs(config, num_seeds, sweeps)
+    return trials.train_trials(config, members, scheduler, run_pack, dataset, is_synthetic,
+                               BACKEND, save_members, models_per_pack, on_epoch_end)
+
+
+def pack_options(num_seeds: int, sweeps: Sequence, models_per_pack: int) -> dict:
+  """A population in packs is its own run (its files are the packs'): the size is part of it."""
+  return {**population_options(num_seeds, sweeps), 'models_per_pack': models_per_pack}
+
+
 def _train_population_elsewhere(config, num_seeds, sweeps, options_record, make, dataset,
                                 is_synthetic, resume, on_epoch_end):
   """train_population in a process other than 0: the same program, written to scratch."""
@@ -221,7 +292,11 @@ def main_members(values, stop):
   """--num_seeds / --sweep / --emotion=all: many models per emotion, one program per shape."""
   sweeps = engine_population.parse_sweeps(values.sweep)
   emotions = EMOTIONS if values.emotion.strip().lower() == 'all' else [None]
-  devices = jax_device.population_devices(values.devices)
+  on_ray = values.ray_address not in ('', 'none')
+  if on_ray and (values.perf_steps > 0 or jax.process_count() > 1):
+    raise ConfigError('--ray_address sends packs to Ray workers from one process: drop '
+                      '--perf_steps and the jax.distributed flags')
+  devices = [] if on_ray else jax_device.population_devices(values.devices)
   if values.perf_steps > 0:
     for emotion in emotions:
       config = definitions.config_from_flags(values, emotion)
@@ -234,6 +309,9 @@ def main_members(values, stop):
     if emotion and values.workdir:
       config = dataclasses.replace(config, workdir=os.path.join(values.workdir, emotion))
     configs.append(config)
+  if on_ray:
+    main_packs(values, configs, sweeps, stop)
+    return
   options_record = population_options(values.num_seeds, sweeps)
   resumes = [values.resume and workdirs.holds_run(c, BACKEND, options_record) for c in configs]
   if values.resume and not any(resumes):
@@ -246,6 +324,25 @@ def main_members(values, stop):
       print(engine_population.format_members(results[-1]))
       print(f'outputs: {results[-1]["workdir"]}')
   if len(results) > 1 and jax.process_index() == 0:
+    print(engine_population.emotions_table(results))
+
+
+def main_packs(values, configs, sweeps, stop):
+  """main_members with --ray_address: each emotion's population in packs on Ray."""
+  models = len(engine_population.member_configs(configs[0], values.num_seeds, sweeps))
+  with pack_scheduler(values.ray_address, models, values.models_per_pack, values.devices,
+                      values.cpus_per_trial) as (scheduler, size):
+    options_record = pack_options(values.num_seeds, sweeps, size)
+    resumes = [values.resume and workdirs.holds_run(c, BACKEND, options_record) for c in configs]
+    if values.resume and not any(resumes):
+      raise ConfigError('--resume: no workdir of this command holds a run to continue')
+    results = []
+    for config, resume in zip(configs, resumes):
+      results.append(train_population_on_ray(config, scheduler, size, values.num_seeds, sweeps,
+                                             values.save_members, resume, stop.check))
+      print(engine_population.format_members(results[-1]))
+      print(f'outputs: {results[-1]["workdir"]}')
+  if len(results) > 1:
     print(engine_population.emotions_table(results))
 
 
@@ -263,6 +360,10 @@ def main(argv):
   if distributed or values.devices:
     raise ConfigError('--devices and several processes shard a population: give --num_seeds, '
                       '--sweep or --emotion=all (a single run trains on one device)')
+  for name in ('ray_address', 'cpus_per_trial', 'models_per_pack'):
+    if values[name].present:
+      raise ConfigError(f'--{name} is for a population: give --num_seeds > 1, --sweep or '
+                        '--emotion=all')
   if values.save_members:
     raise ConfigError('--save_members needs --num_seeds > 1, --sweep or --emotion=all: a single '
                       'run saves its model as checkpoint.safetensors')

@@ -191,7 +191,7 @@ def train_and_evaluate(config, torch_options=device_lib.TorchOptions(), resume=F
     return protocol.train_and_evaluate(config, run, dataset, is_synthetic, status, on_epoch_end)
 
 
-def run_trial(config: Config, torch_options: device_lib.TorchOptions, threads: int,
+def run_trial(trial: trials.Trial, torch_options: device_lib.TorchOptions, threads: int,
               on_epoch_end: Optional[protocol.OnEpochEnd] = None) -> Optional[str]:
   """One trial of a population (engine.trials): the lone run of its member, continued when its
   workdir holds one; returns why it kept no model, if it kept none. On the CPU torch's float32
@@ -199,6 +199,7 @@ def run_trial(config: Config, torch_options: device_lib.TorchOptions, threads: i
   if threads:
     torch.set_num_threads(threads)
   cli.reuse_freed_memory()  # a Ray worker's first trial: its process never ran a command line
+  config = trial.config
   try:
     train_and_evaluate(config, torch_options, resume=workdirs.holds_run(config, BACKEND, {}),
                        on_epoch_end=on_epoch_end)
@@ -284,7 +285,7 @@ def train_population(config: Config, setup: Trials, num_seeds: int = 1, sweeps: 
     members = engine_population.member_configs(config, num_seeds, sweeps)
     run = functools.partial(run_trial, torch_options=setup.torch_options, threads=setup.threads)
     return trials.train_trials(config, members, setup.scheduler, run, dataset, is_synthetic,
-                               BACKEND, save_members, on_epoch_end)
+                               BACKEND, save_members, on_epoch_end=on_epoch_end)
 
 
 def measure_performance(config, torch_options, count):

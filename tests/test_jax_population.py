@@ -317,13 +317,21 @@ def test_should_pack_when_at_most_half_still_train():
   assert not engine_population.should_pack(1, 1)
 
 
-def test_a_killed_population_resumes_bitwise_from_the_command_line(small_data_dir, tmp_path):
+@pytest.fixture(scope='module')
+def whole_run(small_data_dir, tmp_path_factory):
+  """A 2-seed population trained uninterrupted from the command line: (its command, workdir)."""
   args = [sys.executable, '-m', 'lmf_jax.train', f'--data_path={small_data_dir}', '--emotion=sad',
           '--num_seeds=2', '--epochs=40', '--patience=40', '--text_hidden=16', '--batch_size=32',
           '--rank=2', '--audio_hidden=4', '--video_hidden=4']
-  whole = subprocess.run([*args, f'--workdir={tmp_path / "whole"}'], capture_output=True,
-                         text=True, check=False)
+  workdir = tmp_path_factory.mktemp('whole') / 'run'
+  whole = subprocess.run([*args, f'--workdir={workdir}'], capture_output=True, text=True,
+                         check=False)
   assert whole.returncode == 0, whole.stderr[-2000:]
+  return args, workdir
+
+
+def test_a_killed_population_resumes_bitwise_from_the_command_line(whole_run, tmp_path):
+  args, whole = whole_run
   process = subprocess.Popen([*args, f'--workdir={tmp_path / "cut"}'],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.monotonic() + 120
@@ -335,9 +343,31 @@ def test_a_killed_population_resumes_bitwise_from_the_command_line(small_data_di
   resumed = subprocess.run([*args, f'--workdir={tmp_path / "cut"}', '--resume'],
                            capture_output=True, text=True, check=False)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  a = files.read_json(tmp_path / 'whole' / records.RESULTS_JSON)
+  a = files.read_json(whole / records.RESULTS_JSON)
   b = files.read_json(tmp_path / 'cut' / records.RESULTS_JSON)
   assert [{k: m[k] for k in MEMBER_KEYS} for m in a['members']] == [
       {k: m[k] for k in MEMBER_KEYS} for m in b['members']]
   assert run_helpers.read_bytes(tmp_path / 'cut' / records.CHECKPOINT) == run_helpers.read_bytes(
-      tmp_path / 'whole' / records.CHECKPOINT)
+      whole / records.CHECKPOINT)
+
+
+@pytest.mark.ray
+def test_packs_on_ray_end_as_the_population_in_process(whole_run, tmp_path):
+  pytest.importorskip('ray')
+  args, whole = whole_run
+  packs = subprocess.run([*args, f'--workdir={tmp_path / "packs"}', '--ray_address=local',
+                          '--models_per_pack=1'], capture_output=True, text=True, check=False,
+                         env={**os.environ, 'RAY_USAGE_STATS_ENABLED': '0'})
+  assert packs.returncode == 0, packs.stderr[-2000:]
+  assert sorted(os.listdir(tmp_path / 'packs' / records.TRIALS_DIR)) == ['0-seed0', '1-seed1']
+  a = files.read_json(whole / records.RESULTS_JSON)
+  b = files.read_json(tmp_path / 'packs' / records.RESULTS_JSON)
+  assert 'on Ray, up to 2 at once' in b['device']
+  for x, y in zip(a['members'], b['members']):
+    assert {k: x[k] for k in ('member', 'seed', 'best_epoch', 'epochs_run', 'stopped_by')} == \
+        {k: y[k] for k in ('member', 'seed', 'best_epoch', 'epochs_run', 'stopped_by')}
+    assert x['best_valid_loss'] == pytest.approx(y['best_valid_loss'], rel=1e-5)
+  assert a['chosen_member'] == b['chosen_member']
+  here, _ = load_params(whole / records.CHECKPOINT)
+  packed, _ = load_params(tmp_path / 'packs' / records.CHECKPOINT)
+  assert_close_trees(packed, here, atol=1e-5)

@@ -228,3 +228,20 @@ def test_modelzoo_script_refuses_a_bad_emotion_in_one_line(tmp_path):
       env={**os.environ, **ONE_THREAD, 'PYTHON': sys.executable})
   assert result.returncode == 2
   assert result.stderr.strip() == "error: unknown emotion 'joy': choose one of happy, sad, angry, neutral"
+
+
+def test_the_8p_performance_script_trains_its_trials_briefly(small_data_dir, tmp_path):
+  """RANK_SIZE trials (2 here, in this process to keep it short) for PERF_EPOCHS epochs."""
+  out = tmp_path / 'out'
+  result = subprocess.run(
+      ['bash', os.path.join(SCRIPTS, 'train_performance_8p.sh'), f'--data_url={small_data_dir}',
+       f'--train_url={out}', '--emotion=sad', '--text_hidden=16', '--batch_size=32',
+       '--ray_address=none', '--cpus_per_trial=1'],
+      capture_output=True, text=True, check=False, cwd=tmp_path,
+      env={**os.environ, 'PYTHON': sys.executable, 'RANK_SIZE': '2', 'PERF_EPOCHS': '1',
+           'CANN_SET_ENV': str(tmp_path / 'no_cann.sh')})
+  assert result.returncode == 0, result.stdout + result.stderr
+  record = files.read_json(out / 'sad-2p-perf' / records.RESULTS_JSON)
+  assert record['num_models'] == 2 and all(m['epochs_run'] == 1 for m in record['members'])
+  fps = sum(m['train_samples_per_s'] for m in record['members'])
+  assert f'Final Performance images/sec : {fps:.2f}' in result.stdout.splitlines()

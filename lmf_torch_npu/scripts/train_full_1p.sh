@@ -9,6 +9,12 @@
 # OUT_DIR/test/output/$ASCEND_DEVICE_ID/, and the script ends with the lines ModelZoo tools parse.
 # PYTHON picks the interpreter (default python3). train_performance_1p.sh runs this script with
 # LMF_MODELZOO_MODE=performance: a timed --perf_steps run plus a short training.
+#
+# The 8p scripts (RANK_SIZE, default 8, as LMF_TRIALS) train N independent trials at once
+# (seeds --seed .. --seed+N-1, one NPU each, through Ray: lmf_torch_npu.train --num_seeds=N) in
+# OUT_DIR/<emotion>-<N>p/. Trials, not data-parallel DDP: an epoch of LMF on IEMOCAP is about 11
+# steps at batch size 256, too few to split over N devices. FPS is then the sum of the trials'
+# training throughputs, and accuracy and F1 are the model chosen on validation.
 
 set -o pipefail
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -16,6 +22,7 @@ repo_root=$(cd "$script_dir/../.." && pwd)
 PYTHON=${PYTHON:-python3}
 mode=${LMF_MODELZOO_MODE:-full}
 export ASCEND_DEVICE_ID=${ASCEND_DEVICE_ID:-0}
+rank_size=${LMF_TRIALS:-1}  # set by the 8p scripts; a 1p run ignores RANK_SIZE
 export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
 
 data_url='' train_url='runs/modelzoo' para_path='' emotion='neutral' perf_steps=100
@@ -69,7 +76,18 @@ run_logged() {
 }
 
 start=$(date +%s)
-if [ "$mode" = performance ]; then
+if [ "$rank_size" -gt 1 ] 2>/dev/null; then
+  # N trials side by side on Ray; performance mode is a short training of all of them.
+  perf_log=''
+  workdir="$train_url/$emotion-${rank_size}p"
+  epochs=()
+  if [ "$mode" = performance ]; then
+    workdir="$workdir-perf"
+    epochs=(--epochs="${PERF_EPOCHS:-3}")
+  fi
+  run_logged "$log_dir/train_${ASCEND_DEVICE_ID}.log" "${args[@]}" --workdir="$workdir" \
+    --num_seeds="$rank_size" "${epochs[@]}" "${passed[@]}"
+elif [ "$mode" = performance ]; then
   perf_log="$log_dir/train_perf_${ASCEND_DEVICE_ID}.log"
   run_logged "$perf_log" "${args[@]}" --perf_steps="$perf_steps" "${passed[@]}"
   # The accuracy lines come from a short training (PERF_EPOCHS epochs), as ModelZoo's do.
@@ -93,6 +111,10 @@ results_path, perf_log, e2e_s = sys.argv[1:]
 with open(results_path, encoding='utf-8') as f:
   record = json.load(f)
 fps = record['train_samples_per_s']  # full mode: training throughput over whole epochs
+if 'members' in record:  # N trials: the sum of their throughputs, one device each
+  fps = sum(m['train_samples_per_s'] for m in record['members'])
+  print(f'Trials : {record["num_models"]}, test F1 mean {100 * record["f1_mean"]:.2f} '
+        f'+- {100 * record["f1_std"]:.2f}')
 if perf_log:  # performance mode: batch_size / step time, as the seed measured it
   with open(perf_log, encoding='utf-8') as f:
     fps = float(re.findall(r'([0-9.]+) samples/s \(FPS\)', f.read())[-1])
