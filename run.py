@@ -43,13 +43,14 @@ ACCELERATORS = {
 # pip installs torch-npu without CANN, and then `import torch_npu` fails (no libhccl.so).
 NPU_NOTE = ('run.py: torch-npu runs on Huawei CANN, which must be installed first and its '
             'set_env.sh sourced (e.g. /usr/local/Ascend/ascend-toolkit/set_env.sh)')
-# What a job installs beyond its accelerator's set: the main job stays lean; the test command
-# installs every optional extra so CI covers them.
+# What a job installs beyond its accelerator's set: the main job stays lean (tensorboardX, for
+# its event files, is small); the test command installs every optional extra so CI covers them.
 JOB_EXTRAS = {
-    'test': ('cluster', 'export'),
+    'train': ('tensorboard',),
+    'train-torch': ('cluster', 'tensorboard'),
+    'test': ('cluster', 'export', 'tensorboard'),
     'parity': ('export',),
-    'train-torch': ('cluster',),
-    'python': ('cluster', 'export'),
+    'python': ('cluster', 'export', 'tensorboard'),
 }
 JOBS = {
     'train': ['-m', 'lmf_jax.train'],

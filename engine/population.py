@@ -26,6 +26,7 @@ from engine import early_stopping
 from engine import protocol
 from engine import records
 from engine import state_dict
+from engine import tracking
 from engine.errors import CheckpointError, NoModel
 from flags import presets
 from flags.config import Config
@@ -205,6 +206,11 @@ def train_population(config: Config, members: list, make_population: MakePopulat
       population.load_train_state(*saved)
     saved = None
     compiles = True
+    group = run.groups[run.group]
+    rates = _rates([members[i] for i in group], group)
+    tracker = tracking.open_tracker(
+        tracking.group_logdir(workdir, run.group, len(run.groups)),
+        tracking.population_replay(run.history, group, rates) if run.epoch > 0 else ())
     while run.epoch < config.epochs:
       training = [run.progress[i].training for i in ids]
       if not any(training):
@@ -235,8 +241,13 @@ def train_population(config: Config, members: list, make_population: MakePopulat
         compiles = True
         logging.info('packed the %d models still training into a smaller program', len(ids))
       write_metrics(workdir, run.history)
+      tracker.epoch(run.epoch, tracking.population_scalars(
+          row['train_loss'], row['valid_loss'],
+          {m: run.progress[m].stopper.best_valid_loss if run.progress[m].stopper.best_epoch
+           else None for m in group}, rates))
       run.save(workdir, population, started)
       protocol.stop_point(on_epoch_end, run.epoch, workdir)
+    tracker.close()
     run.finish(population, ids, ids)
     run.group += 1
     run.epoch = 0
@@ -252,6 +263,18 @@ def train_population(config: Config, members: list, make_population: MakePopulat
   write_outputs(config, members, run.history, lambda m: run.finished[m].arrays, record,
                 save_members)
   return record
+
+
+def _rates(configs, ids):
+  """A group's learning rates as scalars: one series each, or one per member when swept."""
+  scalars = {}
+  for name in ('lr', 'factor_lr'):
+    values = {getattr(c, name) for c in configs}
+    if len(values) == 1:
+      scalars[name] = values.pop()
+    else:
+      scalars.update({f'{name}/member{m}': getattr(c, name) for m, c in zip(ids, configs)})
+  return scalars
 
 
 def write_metrics(workdir: str, history: dict) -> None:
@@ -372,6 +395,10 @@ def write_outputs(config: Config, members: Sequence[Config], history: dict,
                                                                                 member['seed'])),
                                  arrays, members[index], backend, epoch=member['best_epoch'],
                                  member=index)
+  tracker = tracking.open_tracker(workdir)
+  tracker.finish({**members[chosen].hparams(), 'num_models': len(members)},
+                 tracking.result_figures(record))
+  tracker.close()
   files.write_json(os.path.join(workdir, records.RESULTS_JSON), record)  # last: marks it done
 
 

@@ -26,6 +26,7 @@ from absl import logging
 from engine import early_stopping
 from engine import records
 from engine import state_dict
+from engine import tracking
 from engine.errors import Interrupted, NoModel, RunError, StopRequested
 from flags.config import Config
 from iemocap import metrics
@@ -188,6 +189,19 @@ def train_and_evaluate(config: Config, backend: Population, dataset: Dataset, is
     earlier_s = sum(r['epoch_s'] for r in history)  # time spent before the interruption
     logging.info('resuming %s after epoch %d (best valid loss %.4f at epoch %d)', workdir,
                  saved['epoch'], progress.stopper.best_valid_loss, progress.stopper.best_epoch)
+  tracker = tracking.open_tracker(workdir, [(row['epoch'], tracking.run_scalars(row, config))
+                                            for row in history])
+  try:
+    return _train(config, backend, dataset, is_synthetic, on_epoch_end, progress, history,
+                  start_epoch, started, earlier_s, tracker)
+  finally:
+    tracker.close()
+
+
+def _train(config, backend, dataset, is_synthetic, on_epoch_end, progress, history, start_epoch,
+           started, earlier_s, tracker):
+  """train_and_evaluate from `start_epoch` on: the epochs, then the test and the outputs."""
+  workdir = config.workdir
   bar = _progress_bar(start_epoch, config.epochs)
   first_in_process = True
   epoch = start_epoch - 1
@@ -211,6 +225,7 @@ def train_and_evaluate(config: Config, backend: Population, dataset: Dataset, is
                     'epoch_s': round(result.epoch_s, 4), 'includes_compile': first_in_process})
     first_in_process = False
     records.write_metrics(workdir, history)
+    tracker.epoch(epoch, tracking.run_scalars(history[-1], config))
     # The best weights travel with the state: checkpoint.safetensors may be an epoch ahead of
     # the saved progress if the run stopped between the two writes.
     arrays, extras = backend.train_state()
@@ -254,6 +269,7 @@ def train_and_evaluate(config: Config, backend: Population, dataset: Dataset, is
   records.plot_loss_curve(os.path.join(workdir, records.LOSS_CURVE), {'run': history},
                           {'run': stopper.best_epoch},
                           f'{backend.name} LMF, {config.emotion}: loss per epoch')
+  tracker.finish(config.hparams(), tracking.result_figures(record))
   records.write_results(workdir, config.to_dict(), record)  # results.json marks it finished
   return record
 

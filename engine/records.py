@@ -106,6 +106,7 @@ def plot_loss_curve(path, curves, best_epochs, title):
   """Train and valid loss per epoch with each best epoch marked; curves: {label: history}."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=import-outside-toplevel
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
   figure = Figure(figsize=(7, 4.2), dpi=110)
   FigureCanvasAgg(figure)
   axes = figure.add_subplot()
@@ -123,6 +124,7 @@ def plot_loss_curve(path, curves, best_epochs, title):
     if best_rows:
       axes.plot([best], [best_rows[0]['valid_loss']], marker='*', markersize=11, color=color,
                 linestyle='none', label='best epoch' if index == 0 else None)
+  axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
   axes.set_xlabel('epoch')
   axes.set_ylabel('cross-entropy per sample')
   axes.set_title(title)
