@@ -55,21 +55,28 @@ class Predictions:
     return [self.classes[i] for i in np.argmax(self.logits, axis=1)]
 
 
-class Predictor:
-  """A checkpoint loaded once to predict any number of batches; backends implement `logits`.
+def load(checkpoint_path, emotion=''):
+  """(path, arrays, Config, metadata) of --checkpoint (a workdir stands for its best model).
 
   `emotion` is needed for a bare 2018 state_dict (it records none); for this project's
   checkpoints it may only repeat the checkpoint's own, since it names the output classes.
   """
+  path = records.checkpoint_in(os.fspath(checkpoint_path))
+  if emotion:
+    emotion = data_lib.normalize_emotion(emotion)
+  arrays, config, metadata = state_dict.load_checkpoint(path, emotion)
+  if emotion and emotion != config.emotion:
+    raise ConfigError(f'--emotion={emotion}, but {path} was trained for {config.emotion}, '
+                      'which names its outputs: leave --emotion out')
+  return path, arrays, config, metadata
+
+
+class Predictor:
+  """A checkpoint loaded once (see `load`) to predict any number of batches; backends implement
+  `logits`."""
 
   def __init__(self, checkpoint_path, emotion=''):
-    self.path = records.checkpoint_in(os.fspath(checkpoint_path))
-    if emotion:
-      emotion = data_lib.normalize_emotion(emotion)
-    self.arrays, self.config, self.metadata = state_dict.load_checkpoint(self.path, emotion)
-    if emotion and emotion != self.config.emotion:
-      raise ConfigError(f'--emotion={emotion}, but {self.path} was trained for '
-                        f'{self.config.emotion}, which names its outputs: leave --emotion out')
+    self.path, self.arrays, self.config, self.metadata = load(checkpoint_path, emotion)
     self.input_dims = state_dict.input_dims(self.arrays)
     self.classes = class_names(self.config)
 
