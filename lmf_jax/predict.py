@@ -42,7 +42,8 @@ class Predictor(prediction.Predictor):
       batch = [x[start:start + self.batch_size] for x in (audio, visual, text)]
       n = batch[0].shape[0]
       pad = padded_size(n, self.batch_size) - n  # eval mode: utterances never meet each other
-      batch = [np.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) for x in batch]
+      if pad:
+        batch = [np.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) for x in batch]
       pending.append((n, self._forward(self.variables, *batch)))  # dispatched, not yet awaited
     return np.concatenate([np.asarray(out)[:n] for n, out in pending])
 
