@@ -43,15 +43,20 @@ def forward_flops(config, input_dims=state_dict.DEFAULT_INPUT_DIMS, steps=STEPS)
   Elementwise work (BatchNorm, ReLU, the LSTM's gate nonlinearities, the fusion's products) is
   left out: it is under 2% of the total at every preset and runs below the matmul rate anyway.
   """
-  audio_in, visual_in, text_in = input_dims
+  audio_in, visual_in, _ = input_dims
   subnets = sum(2 * (n_in * h + 2 * h * h) for n_in, h in ((audio_in, config.audio_hidden),
                                                            (visual_in, config.video_hidden)))
-  hidden = config.text_hidden
-  lstm = steps * 2 * 4 * hidden * (text_in + hidden)
-  text_linear = 2 * hidden * config.text_out
+  text_linear = 2 * config.text_hidden * config.text_out
   fusion = sum(2 * config.rank * (d + 1) * config.output_dim
                for d in (config.audio_hidden, config.video_hidden, config.text_out))
-  return subnets + lstm + text_linear + fusion
+  weighting = 2 * config.rank * config.output_dim  # fusion_weights over the rank axis
+  return subnets + lstm_flops(config, input_dims, steps) + text_linear + fusion + weighting
+
+
+def lstm_flops(config, input_dims=state_dict.DEFAULT_INPUT_DIMS, steps=STEPS):
+  """The LSTM's share of forward_flops: per step, the input and recurrent projections to 4H."""
+  hidden = config.text_hidden
+  return steps * 2 * 4 * hidden * (input_dims[2] + hidden)
 
 
 def matmul_gflops(size=4096, repeats=5):
