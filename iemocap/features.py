@@ -113,6 +113,9 @@ def read(path, input_dims, emotion, split='test'):
   An npz whose member names hold a `/` is a data file (`python -m iemocap convert` writes
   those); any other npz is a features file. Nothing is unpickled from an npz.
   """
+  if not os.path.exists(path):
+    raise DataError(f'features file {path} does not exist: pass a features .npz, or a data file '
+                    'and --split')
   path = data.resolve_path(path)
   if not path.endswith('.npz'):
     return _from_split(data.load(path, emotion), split, input_dims)
