@@ -148,10 +148,9 @@ class Request:
   checkpoint: str
   features: str
   out: str
-  emotion: str = ''
-  split: str = 'test'
-  overwrite: bool = False
-  batch_size: int = 512
+  emotion: str
+  split: str
+  batch_size: int
 
 
 def prediction_request(values):
@@ -164,8 +163,7 @@ def prediction_request(values):
     raise ConfigError(f'--batch_size={values.batch_size} must be >= 1')
   check_output(values.out, values.overwrite)
   return Request(checkpoint=values.checkpoint, features=values.features, out=values.out,
-                 emotion=values.emotion, split=values.split, overwrite=values.overwrite,
-                 batch_size=values.batch_size)
+                 emotion=values.emotion, split=values.split, batch_size=values.batch_size)
 
 
 def predict_to_file(predictor, request):
