@@ -15,10 +15,11 @@ from iemocap.data import Dataset
 from iemocap.errors import DataError
 
 
-def evaluation_data(checkpoint_config: Config, emotion: str,
-                    data_path: str) -> tuple[Config, Dataset, bool]:
+def evaluation_data(checkpoint_config: Config, emotion: str, data_path: str,
+                    input_dims: tuple) -> tuple[Config, Dataset, bool]:
   """(config, dataset, is_synthetic) to evaluate a checkpoint on: by default the data and emotion
-  it was trained on; a data path that came from the checkpoint says so when it fails."""
+  it was trained on; a data path that came from the checkpoint says so when it fails, and data
+  of other feature sizes than the model's `input_dims` is refused."""
   config = dataclasses.replace(checkpoint_config, emotion=emotion or checkpoint_config.emotion,
                                data_path=data_path or checkpoint_config.data_path)
   try:
@@ -29,6 +30,10 @@ def evaluation_data(checkpoint_config: Config, emotion: str,
     raise DataError(f'{e} (that data path is the one stored in the checkpoint; pass --data_path '
                     'to evaluate on data elsewhere)') from None
   logging.info(data_note)
+  if dataset.input_dims != tuple(input_dims):
+    raise DataError(f'{dataset.path} holds features of sizes {dataset.input_dims} (covarep, '
+                    f'facet, glove) but the checkpoint\'s model takes {tuple(input_dims)}: '
+                    'evaluate it on the data of the sizes it was trained on')
   return config, dataset, is_synthetic
 
 
@@ -56,8 +61,6 @@ def evaluation_request(values):
   flags/evaluation.py; a workdir stands for its best model."""
   if not values.checkpoint:
     raise ConfigError('--checkpoint is required: pass the checkpoint.safetensors to evaluate')
-  path = values.checkpoint
-  if os.path.isdir(path):
-    path = os.path.join(path, records.CHECKPOINT)
+  path = records.checkpoint_in(values.checkpoint)
   emotion = values.emotion if values['emotion'].present else ''
   return path, emotion, values.data_path, values.split

@@ -27,6 +27,12 @@ LOCK = '.lmf.lock'
 OUTPUTS = (RESULTS_JSON, RESULTS_CSV, METRICS_JSONL, LOSS_CURVE, CONFIG_JSON, CHECKPOINT,
            TRAIN_STATE, MEMBERS_DIR, TRIALS_DIR)
 
+
+def checkpoint_in(path):
+  """The checkpoint a command's --checkpoint names: a workdir stands for its best model."""
+  return os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
+
+
 # The header the 2018 grid search wrote, in its order and spelling.
 CSV_2018_COLUMNS = (
     ('audio_hidden', 'audio_hidden'), ('video_hidden', 'video_hidden'),

@@ -6,6 +6,7 @@ loads into the other and into the original 2018 module.
 
 import json
 import os
+import pickle
 
 import numpy as np
 import safetensors
@@ -13,6 +14,7 @@ import safetensors.numpy
 
 from engine.errors import CheckpointError
 from engine.records import TRAIN_STATE
+from flags import presets
 from flags.config import Config
 from flags.errors import ConfigError
 from iemocap import data as data_lib
@@ -22,6 +24,7 @@ FORMAT = 'lmf-2018-state-dict'
 METADATA_KEY = 'lmf'
 DEFAULT_INPUT_DIMS = (data_lib.AUDIO_DIM, data_lib.VISUAL_DIM, data_lib.TEXT_DIM)
 BUFFER_SUFFIXES = ('running_mean', 'running_var', 'num_batches_tracked')
+BARE = 'a bare 2018 state_dict'  # what metadata['backend'] says of one
 
 
 def _subnet(prefix, in_dim, hidden):
@@ -139,15 +142,117 @@ def load(path):
   return arrays, metadata
 
 
-def load_checkpoint(path):
-  """(arrays, Config, metadata) of a checkpoint this project wrote, from either backend."""
-  arrays, metadata = load(path)
-  if 'config' not in metadata:
-    raise CheckpointError(f'{path} has no saved configuration: it was not written by this project')
+def input_dims(arrays):
+  """(audio, visual, text) input sizes of a 2018 state_dict, read from its tensors' shapes."""
+  return tuple(_dim(arrays, key, axis) for key, axis in (
+      ('audio_subnet.norm.weight', 0), ('video_subnet.norm.weight', 0),
+      ('text_subnet.rnn.weight_ih_l0', 1)))
+
+
+def _dim(arrays, key, axis, what='state_dict'):
+  if key not in arrays:
+    raise CheckpointError(f'{what} lacks {key}: it is not an LMF state_dict')
+  shape = np.shape(arrays[key])
+  if len(shape) <= axis:
+    raise CheckpointError(f'{what}: {key} has shape {tuple(shape)}: it is not an LMF state_dict')
+  return int(shape[axis])
+
+
+def bare_config(arrays, emotion, path):
+  """The Config of a 2018 state_dict saved without this project's metadata.
+
+  Every size LMF needs is read from the tensors' shapes; what only training uses (learning
+  rates, dropouts, batch size) is `emotion`'s preset. The file does not record its emotion, so
+  the caller must name it.
+  """
+  what = f'{path} (a bare 2018 state_dict)'
+  if not emotion:
+    raise CheckpointError(f'{what} does not record which emotion it was trained for: pass '
+                          f'--emotion={"|".join(data_lib.EMOTIONS)}')
+  sizes = {'audio_hidden': _dim(arrays, 'audio_subnet.linear_1.weight', 0, what),
+           'video_hidden': _dim(arrays, 'video_subnet.linear_1.weight', 0, what),
+           'text_hidden': _dim(arrays, 'text_subnet.rnn.weight_hh_l0', 1, what),
+           'rank': _dim(arrays, 'audio_factor', 0, what),
+           'output_dim': _dim(arrays, 'fusion_bias', 1, what)}
+  text_out = _dim(arrays, 'text_subnet.linear_1.weight', 0, what)
+  if sizes['output_dim'] == 1:
+    raise CheckpointError(f'{what} is a regression model (one output, as the 2018 code trained '
+                          'for CMU-MOSI): this project predicts IEMOCAP\'s emotion classes only')
+  if text_out != sizes['text_hidden'] // 2:
+    raise CheckpointError(f'{what} has text_out {text_out} with an LSTM of {sizes["text_hidden"]}: '
+                          'the 2018 IEMOCAP code and this project use text_out = text_hidden // 2')
   try:
-    config = Config.from_dict(metadata['config'])
+    return Config(emotion=emotion, **{**presets.preset(emotion), **sizes})
   except ConfigError as e:
-    raise CheckpointError(f'{path} holds an invalid configuration: {e}') from None
+    raise CheckpointError(f'{what}: {e}') from None
+
+
+def with_buffer_counts(arrays):
+  """`arrays` with a zero num_batches_tracked for each BatchNorm that lacks one: torch before
+  0.4.1 saved none, and inference never reads it."""
+  filled = dict(arrays)
+  for key in arrays:
+    if key.endswith('.norm.running_mean'):
+      filled.setdefault(key.replace('running_mean', 'num_batches_tracked'), np.zeros((), np.int64))
+  return filled
+
+
+def _is_torch_file(path):
+  """torch.save's zip format (torch >= 1.6), or its older pickle format (the 2018 code's torch)."""
+  with open(path, 'rb') as f:
+    head = f.read(2)
+  return head == b'PK' or head[:1] == b'\x80'
+
+
+def read_torch_state_dict(path):
+  """{key: numpy array} of a torch.save'd state_dict, read with weights_only=True: tensors and
+  containers only, no code run. torch is imported here alone: the engine needs it for this format."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise CheckpointError(f'{path} is a torch file: reading it needs torch (pip install -e '
+                          '.[torch]), or convert it to safetensors where torch is installed') from None
+  try:
+    loaded = torch.load(path, map_location='cpu', weights_only=True)
+  except pickle.UnpicklingError:
+    raise CheckpointError(f'{path} holds Python objects besides tensors, which torch.load('
+                          'weights_only=True) refuses to run: save the model\'s state_dict() '
+                          '(the 2018 code pickled whole modules with torch.save(model); load one '
+                          'there and torch.save(model.state_dict(), path))') from None
+  except (RuntimeError, EOFError, ValueError, OSError) as e:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise CheckpointError(f'{path} is not a readable torch file ({reason}): save the model\'s '
+                          'state_dict() again') from None
+  if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+    raise CheckpointError(f'{path} holds a {type(loaded).__name__}, not a state_dict of tensors: '
+                          'torch.save(model.state_dict(), path)')
+  return {str(key): (value.float() if value.is_floating_point() else value).numpy()
+          for key, value in loaded.items()}
+
+
+def load_checkpoint(path, emotion=''):
+  """(arrays, Config, metadata) of a checkpoint from either backend, or of a bare 2018 state_dict
+  (a torch.save'd .pt, or safetensors without this project's metadata) of `emotion`."""
+  if not os.path.isfile(path):
+    raise CheckpointError(f'checkpoint {path} does not exist: pass a checkpoint.safetensors '
+                          'written by lmf_jax or lmf_torch_npu, a workdir, or a 2018 state_dict')
+  if _is_torch_file(path):
+    arrays, metadata = read_torch_state_dict(path), {}
+  else:
+    arrays, metadata = load(path)
+  if metadata.get('format') == FORMAT or 'config' in metadata:  # this project's
+    if 'config' not in metadata:
+      raise CheckpointError(f'{path} has no saved configuration: it was not written by this '
+                            'project')
+    try:
+      config = Config.from_dict(metadata['config'])
+    except ConfigError as e:
+      raise CheckpointError(f'{path} holds an invalid configuration: {e}') from None
+  else:
+    arrays = with_buffer_counts(arrays)
+    config = bare_config(arrays, emotion, path)
+    check(arrays, config, input_dims(arrays), what=f'{path} (a bare 2018 state_dict)')
+    metadata = {'backend': BARE}
   for key, value in arrays.items():
     if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
       raise CheckpointError(f'{path}: {key} holds NaN or inf weights: the model is unusable '

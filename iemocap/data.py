@@ -161,7 +161,7 @@ def read_raw(path):
   """The file's nested dict, from a pickle (restricted) or an npz (no pickles allowed)."""
   path = resolve_path(path)
   if path.endswith('.npz'):
-    return _read_npz(path)
+    return nest_npz_arrays(read_npz_arrays(path), path)
   try:
     with open(path, 'rb') as f:
       raw = pickle_io.restricted_load(f)
@@ -189,21 +189,27 @@ _NPZ_FIX = 'convert the pickle again with `python -m iemocap convert --overwrite
 _DEFLATE_MAX_RATIO = 1032
 
 
-def _read_npz(path):
-  """Rebuilds the nested layout from `write_npz`'s flat names."""
+def read_npz_arrays(path, fix=_NPZ_FIX):
+  """{member name without .npy: array} of an npz, every member checked before it is read and
+  none unpickled; `fix` ends each error's line (what to do about a damaged file)."""
   try:
     archive = zipfile.ZipFile(path)
   except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
           NotImplementedError) as e:
-    raise DataError(f'{path} is not a readable npz (zip) archive ({e}): {_NPZ_FIX}') from None
+    raise DataError(f'{path} is not a readable npz (zip) archive ({e}): {fix}') from None
   flat = {}
   with archive:
     archive_size = os.path.getsize(path)
     for info in archive.infolist():
       if not info.filename.endswith('.npy'):
-        raise DataError(f'{path}: member {info.filename} is not a .npy array: {_NPZ_FIX}')
+        raise DataError(f'{path}: member {info.filename} is not a .npy array: {fix}')
       flat[info.filename[:-4]] = _read_member(archive, info, archive_size,
-                                              f'{path}: member {info.filename}')
+                                              f'{path}: member {info.filename}', fix)
+  return flat
+
+
+def nest_npz_arrays(flat, path):
+  """The nested layout of the 2018 file from `write_npz`'s flat names."""
   shared = {}
   raw = {}
   for name, array in flat.items():
@@ -221,7 +227,7 @@ def _read_npz(path):
   return raw
 
 
-def _read_member(archive, info, archive_size, where):
+def _read_member(archive, info, archive_size, where, fix):
   """One .npy member, its header checked against the bytes the archive holds first.
 
   numpy allocates the shape a header declares before reading a byte, so a corrupt header in a
@@ -229,7 +235,7 @@ def _read_member(archive, info, archive_size, where):
   """
   if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
     raise DataError(f'{where} uses zip compression method {info.compress_type}, not stored or '
-                    f'deflated as numpy writes: {_NPZ_FIX}')
+                    f'deflated as numpy writes: {fix}')
   ratio = 1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO
   holds = min(info.file_size, ratio * min(info.compress_size, archive_size - info.header_offset))
   try:
@@ -243,17 +249,17 @@ def _read_member(archive, info, archive_size, where):
           shape, _, dtype = np.lib.format.read_array_header_2_0(member)
         else:
           raise DataError(f'{where} is .npy format {version[0]}.{version[1]}, which numpy writes '
-                          f'only for unusual dtypes: {_NPZ_FIX}')
+                          f'only for unusual dtypes: {fix}')
       data_bytes = holds - member.tell()
     if dtype.hasobject:
       raise DataError(f'{where} holds Python objects (dtype {dtype}), which only unpickling '
-                      f'could read: {_NPZ_FIX}')
+                      f'could read: {fix}')
     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if declared != data_bytes:
       only = 'only ' if declared > data_bytes else ''
       raise DataError(f'{where} declares shape {shape} of {dtype} ({declared} bytes) but the file '
                       f'holds {only}{max(data_bytes, 0)} bytes for it: the file is corrupt or '
-                      f'truncated: {_NPZ_FIX}')
+                      f'truncated: {fix}')
     with archive.open(info) as member:
       return np.lib.format.read_array(member, allow_pickle=False)
   except DataError:
@@ -262,7 +268,7 @@ def _read_member(archive, info, archive_size, where):
           MemoryError) as e:
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise DataError(f'{where} is unreadable ({reason}): the file is corrupt or truncated: '
-                    f'{_NPZ_FIX}') from None
+                    f'{fix}') from None
 
 
 def emotions_in(raw):
@@ -306,7 +312,7 @@ def _check_both_classes(label, where):
                     'both classes to train or to score F1: fix the file or its split')
 
 
-def _features(array, name, expect_tail, where):
+def feature_array(array, name, expect_tail, where):
   """float32 features with the expected trailing dimensions."""
   if not isinstance(array, np.ndarray) or array.dtype.kind not in 'fiub':
     kind = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
@@ -327,9 +333,9 @@ def build_split(modalities, where):
   if not isinstance(modalities, dict):
     raise DataError(f'{where.strip(" ()")} is a {type(modalities).__name__}, not a dict of modalities')
   arrays = {name: _key(modalities, key, 'modality', where) for name, key in FILE_KEYS.items()}
-  audio = _features(arrays['audio'], 'covarep (audio)', (AUDIO_DIM,), where)
-  visual = _features(arrays['visual'], 'facet (visual)', (VISUAL_DIM,), where)
-  text = _features(arrays['text'], 'glove (text)', (None, TEXT_DIM), where)
+  audio = feature_array(arrays['audio'], 'covarep (audio)', (AUDIO_DIM,), where)
+  visual = feature_array(arrays['visual'], 'facet (visual)', (VISUAL_DIM,), where)
+  text = feature_array(arrays['text'], 'glove (text)', (None, TEXT_DIM), where)
   label = _labels(arrays['label'], where)
   sizes = {'covarep': audio.shape[0], 'facet': visual.shape[0], 'glove': text.shape[0],
            'label': label.shape[0]}
@@ -342,6 +348,14 @@ def build_split(modalities, where):
     raise DataError(f'glove (text){where} has 0 time steps (shape {text.shape}): every utterance '
                     'needs at least one word vector')
   _check_both_classes(label, where)
+  audio, visual, audio_replaced, visual_replaced = clean_features(audio, visual, text, where)
+  return Split(audio=audio, visual=visual, text=text, label=label,
+               audio_replaced=audio_replaced, visual_replaced=visual_replaced)
+
+
+def clean_features(audio, visual, text, where):
+  """(audio, visual, audio Replaced, visual Replaced): NaN and inf in COVAREP and FACET zeroed and
+  counted; non-finite GloVe refused. What training and prediction both do to features."""
   if not np.isfinite(text).all():
     bad = int(np.size(text) - np.isfinite(text).sum())
     raise DataError(f'glove (text){where} has {bad} NaN/inf values; GloVe vectors are finite '
@@ -354,8 +368,7 @@ def build_split(modalities, where):
       features = np.where(nan | inf, np.float32(0), features)
     cleaned.append((features, replaced))
   (audio, audio_replaced), (visual, visual_replaced) = cleaned
-  return Split(audio=audio, visual=visual, text=text, label=label,
-               audio_replaced=audio_replaced, visual_replaced=visual_replaced)
+  return audio, visual, audio_replaced, visual_replaced
 
 
 def build_dataset(raw, emotion, path):

@@ -78,8 +78,9 @@ def to_state_dict(variables, config):
 
 
 def from_state_dict(arrays, config, dtype=np.float32):
-  """{'params', 'batch_stats'} from a 2018 state_dict (numpy or torch tensors' .numpy())."""
-  state_dict.check(arrays, config)
+  """{'params', 'batch_stats'} from a 2018 state_dict (numpy or torch tensors' .numpy()); the
+  input sizes are the state_dict's own."""
+  state_dict.check(arrays, config, state_dict.input_dims(arrays))
   variables = {'params': {}, 'batch_stats': {}}
   for key in state_dict.shapes(config):
     collection, path, transform = jax_location(key)

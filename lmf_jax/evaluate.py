@@ -12,6 +12,7 @@ from absl import flags
 
 from engine import cli
 from engine import evaluation as engine_evaluation
+from engine import state_dict
 from flags import definitions
 from flags import evaluation
 from lmf_jax import checkpoint
@@ -21,9 +22,12 @@ from lmf_jax import steps
 
 def evaluate(checkpoint_path: str, emotion: str = '', data_path: str = '',
              split: str = 'test') -> dict:
-  """evaluate's report (F1, accuracy, mean loss, N) for a checkpoint on a split."""
-  variables, saved_config, metadata = checkpoint.load(checkpoint_path)
-  config, dataset, is_synthetic = engine_evaluation.evaluation_data(saved_config, emotion, data_path)
+  """evaluate's report (F1, accuracy, mean loss, N) for a checkpoint on a split; a bare 2018
+  state_dict needs its `emotion`."""
+  arrays, saved_config, metadata = state_dict.load_checkpoint(checkpoint_path, emotion)
+  config, dataset, is_synthetic = engine_evaluation.evaluation_data(
+      saved_config, emotion, data_path, state_dict.input_dims(arrays))
+  variables = checkpoint.from_state_dict(arrays, saved_config)
   model = model_lib.from_config(config)
   loss, logits = jax.jit(functools.partial(steps.eval_step, model=model))(
       variables, dataset.split(split).arrays())

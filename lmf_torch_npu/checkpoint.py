@@ -30,9 +30,11 @@ def to_state_dict(tensors, config):
 
 
 def from_state_dict(arrays, config):
-  """An LMF (on the CPU, eval mode) holding a 2018 state_dict from either backend."""
-  state_dict.check(arrays, config)
-  model = model_lib.from_config(config)
+  """An LMF (on the CPU, eval mode) holding a 2018 state_dict from either backend; the input
+  sizes are the state_dict's own."""
+  dims = state_dict.input_dims(arrays)
+  state_dict.check(arrays, config, dims)
+  model = model_lib.from_config(config, dims)
   model.load_state_dict({key: torch.tensor(np.asarray(value)) for key, value in arrays.items()})
   return model.eval()
 

@@ -11,6 +11,7 @@ from absl import logging
 
 from engine import cli
 from engine import evaluation as engine_evaluation
+from engine import state_dict
 from flags import definitions
 from flags import evaluation
 from lmf_torch_npu import checkpoint
@@ -21,9 +22,12 @@ from lmf_torch_npu import steps
 
 def evaluate(checkpoint_path: str, emotion: str = '', data_path: str = '', split: str = 'test',
              device: str = 'auto') -> dict:
-  """evaluate's report (F1, accuracy, mean loss, N) for a checkpoint on a split."""
-  model, saved_config, metadata = checkpoint.load(checkpoint_path)
-  config, dataset, is_synthetic = engine_evaluation.evaluation_data(saved_config, emotion, data_path)
+  """evaluate's report (F1, accuracy, mean loss, N) for a checkpoint on a split; a bare 2018
+  state_dict needs its `emotion`."""
+  arrays, saved_config, metadata = state_dict.load_checkpoint(checkpoint_path, emotion)
+  config, dataset, is_synthetic = engine_evaluation.evaluation_data(
+      saved_config, emotion, data_path, state_dict.input_dims(arrays))
+  model = checkpoint.from_state_dict(arrays, saved_config)
   choice = device_lib.select_device(device)
   logging.info('device %s (%s)', choice.name, choice.why)
   device_lib.activate(choice)

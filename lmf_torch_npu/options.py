@@ -1,12 +1,15 @@
-"""The torch-only flags (device and mixed precision), read into a device.TorchOptions.
+"""The torch-only flags (device and mixed precision, read into a device.TorchOptions; export's).
 
 Importing this module defines nothing; the command lines call the define functions once
-(evaluate takes --device only: it runs in float32). The shared flags are in
+(evaluate and predict take --device only: they run in float32). The shared flags are in
 flags/definitions.py.
 """
 
 from absl import flags
 
+from flags import evaluation
+from iemocap.data import EMOTIONS
+from iemocap.data import SPLITS
 from lmf_torch_npu import device
 
 
@@ -33,3 +36,21 @@ def define_flags():
 def options_from_flags(values=flags.FLAGS):
   return device.TorchOptions(device=values.device, amp=values.amp, loss_scale=values.loss_scale,
                              amp_backend=values.amp_backend)
+
+
+def define_export_flags(opsets, dtypes):
+  """The flags of lmf_torch_npu.export."""
+  evaluation.define_checkpoint_flag()
+  flags.DEFINE_string('out', '', 'The .onnx file to write.')
+  flags.DEFINE_boolean('overwrite', False, 'Replace an existing --out (atomically).')
+  flags.DEFINE_integer('opset', 17, f'ONNX opset, {opsets[0]} to {opsets[-1]}; 11 for Ascend\'s '
+                       'ATC (its LSTM mapping stops at opset 13).')
+  flags.DEFINE_string('batch', 'dynamic', 'dynamic (a batch axis of any size), or a fixed batch '
+                      'size K.')
+  flags.DEFINE_enum('dtype', dtypes[0], dtypes, 'Weights, inputs and logits; float16 keeps '
+                    'BatchNorm in float32 (as the NPU trainer\'s O2 does).')
+  flags.DEFINE_string('emotion', '', f'{"|".join(EMOTIONS)}: needed for a bare 2018 state_dict; '
+                      'empty: the checkpoint\'s own.')
+  flags.DEFINE_string('features', '', 'Check the graph with onnxruntime on these utterances (a '
+                      'features .npz or a data file); empty: on seeded random ones.')
+  flags.DEFINE_enum('split', 'test', SPLITS, 'The split of a data file given as --features.')

@@ -3,7 +3,8 @@ lmf_torch_npu on shared IEMOCAP batches; prints a table and exits 1 if any check
 
 Checks 1-6 run in float32 with the issue's bounds and again in float64 (JAX
 x64, torch double), where the two backends are the same algorithm and agree to
-~1e-12; the AMP and dropout checks run once. Tolerances: parity/tolerances.py.
+~1e-12; the AMP, ONNX export and dropout checks run once. Tolerances:
+parity/tolerances.py.
 
 The torch side runs on the CPU, or with --torch_device=cuda|npu on that device;
 JAX runs on its default device. On a GPU, TF32 is turned off on both sides and

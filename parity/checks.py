@@ -228,6 +228,22 @@ def check_eval_logits(pair, dataset, emotion):
       jax_logits), torch_logits
 
 
+def check_onnx(pair, dataset, emotion, jax_logits):
+  """lmf_torch_npu.export's graph, at the default opset 17 and at ATC's opset 11, run by ONNX
+  Runtime (CPU provider) on the whole test split against lmf_jax's eval-mode logits."""
+  # onnx and onnxruntime are an optional extra; only this check needs them.
+  from lmf_torch_npu import export  # pylint: disable=import-outside-toplevel
+  test = dataset.test.arrays()
+  results = []
+  for opset in (17, 11):
+    graph = export.export_onnx(pair.torch_arrays(), pair.config, opset)
+    logits = export.run(export.session(graph), test['audio'], test['visual'], test['text'])
+    diff, _ = worst({'logits': logits}, {'logits': np.asarray(jax_logits)})
+    results.append(result('onnx_logits', emotion, pair.dtype, diff,
+                          f'opset {opset} graph in ONNX Runtime vs JAX'))
+  return results
+
+
 def first_batch(dataset, config):
   index = batching.epoch_batches(dataset.train.n, config.batch_size, PARITY_SEED, 1)[0]
   return dataset.train.take(index)
@@ -470,6 +486,7 @@ def run_emotion(emotion, dataset, epochs=2, seeds=2, dtypes=DTYPES, batch_size=3
                                                    choice))
         if dtype == 'float32':
           results += check_amp(pair, data, emotion)
+          results += check_onnx(pair, data, emotion, jax_logits)
     if seeds:
       results.append(check_dropout_training(training, emotion, os.path.join(workdir, emotion),
                                             seeds, epochs, batch_size, choice))

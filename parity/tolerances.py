@@ -40,6 +40,9 @@ TOLERANCES = {
                                            'gives the writer\'s test F1 exactly'),
     ('checkpoint_round_trip', 'float64'): (0.0, 'the evaluate commands run in float32 whatever '
                                            'the training dtype: exact as well'),
+    ('onnx_logits', 'float32'): (1e-5, 'max |logit diff| of the exported ONNX graph in ONNX '
+                                  'Runtime (CPU) against JAX on the whole test split, opsets 17 '
+                                  'and 11; the issue\'s bound, measured ~1e-7 (as torch)'),
     ('amp_logits', 'bfloat16'): (0.25, 'relative to max |fp32 logit|: bf16 keeps 8 bits of '
                                  'mantissa through ~10 matmuls; measured 0.022 on the CPU '
                                  '(neutral; 0.005-0.011 the others) with oneDNN\'s bf16 LSTM, '

@@ -1,6 +1,9 @@
 """What the trainer tests of both backends share: a small configuration and result fields."""
 
 import os
+import re
+import subprocess
+import sys
 
 from engine import records
 from engine import state_dict
@@ -21,6 +24,33 @@ def small_config(data_dir, workdir, **overrides):
                 seed=1, **SMALL)
   values.update(overrides)
   return Config(**values)
+
+
+def train_small(data_dir, workdir, backend, epochs=2):
+  """A finished small run of `backend` ('jax' or 'torch'); returns its workdir."""
+  config = small_config(data_dir, workdir, epochs=epochs)
+  if backend == 'jax':
+    from lmf_jax import train  # pylint: disable=import-outside-toplevel
+    train.train_and_evaluate(config)
+  else:
+    from lmf_torch_npu import device, train  # pylint: disable=import-outside-toplevel
+    train.train_and_evaluate(config, device.TorchOptions(device='cpu'))
+  return str(workdir)
+
+
+def run_cli(module, *args):
+  """`python -m module args` in a fresh process, output captured."""
+  return subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True,
+                        check=False)
+
+
+def assert_one_line(result, pattern, code=2):
+  """The process exited with `code` and its last stderr line is the error, with no traceback."""
+  assert result.returncode == code, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and re.search(pattern, last), last
+  return last
 
 
 def read_bytes(path):

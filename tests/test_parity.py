@@ -11,10 +11,15 @@ import numpy as np
 import optax
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from flags import presets
+from flags.config import Config
 from iemocap import data as data_lib
 from lmf_jax import model as jax_model
 from lmf_jax import optimizer as jax_optimizer
+from lmf_torch_npu import model as torch_model
+from parity import bench_predict
 from parity import checks
 from parity import tolerances
 
@@ -44,6 +49,8 @@ def test_every_check_passes_in_float32_and_float64(emotion, small_data_dir, tmp_
                 'short_training_losses', 'checkpoint_round_trip'):
     assert (check, 'float32') in names and (check, 'float64') in names, check
   assert ('amp_logits', 'bfloat16') in names
+  assert sorted(r.where for r in results if r.check == 'onnx_logits') == [
+      'opset 11 graph in ONNX Runtime vs JAX', 'opset 17 graph in ONNX Runtime vs JAX']
   float64 = {r.check: r.max_diff for r in results if r.dtype == 'float64'}
   assert float64['eval_logits'] < 1e-12 and float64['gradients'] < 1e-12
   assert float64['adam_50_steps'] < 1e-11
@@ -65,6 +72,16 @@ def test_a_perturbed_weight_fails_the_output_and_gradient_checks(dataset):
   assert not gradients.passed
   conversion = checks.check_conversion(pair, 'sad')
   assert not conversion.passed and conversion.where == 'text_factor'
+
+
+def test_a_perturbed_export_fails_the_onnx_check(dataset):
+  pair = pair_for('sad')
+  _, jax_logits, _ = checks.check_eval_logits(pair, dataset, 'sad')
+  assert all(r.passed for r in checks.check_onnx(pair, dataset, 'sad', jax_logits))
+  with torch.no_grad():
+    pair.torch.fusion_bias[0, 1] += 1e-3  # the graph is exported from the torch side's weights
+  failed = checks.check_onnx(pair, dataset, 'sad', jax_logits)
+  assert len(failed) == 2 and not any(r.passed for r in failed)
 
 
 def test_swapped_lstm_gates_fail_the_eval_check(dataset):
@@ -213,3 +230,17 @@ def test_bench_measures_the_2018_loop_and_both_trainers(small_data_dir, tmp_path
   assert figures['loop_2018']['speedup_vs_2018_epoch'] == 1.0
   ratio = figures['loop_2018']['epoch_s'] / figures['lmf_jax']['epoch_s']
   assert figures['lmf_jax']['speedup_vs_2018_epoch'] == pytest.approx(ratio)
+
+
+@pytest.mark.parametrize('emotion', ['sad', 'neutral'])
+def test_forward_flops_count_what_torch_counts_besides_the_lstm(emotion):
+  """torch's FLOP counter sees every matmul but nn.LSTM's fused kernel; the LSTM's share is the
+  two projections to 4H per step."""
+  config = Config(emotion=emotion, **presets.preset(emotion))
+  batch = 4
+  with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    torch_model.from_config(config).eval()(torch.zeros(batch, 74), torch.zeros(batch, 35),
+                                           torch.zeros(batch, 20, 300))
+  lstm = bench_predict.lstm_flops(config)
+  assert lstm == 20 * 2 * (300 * 4 * config.text_hidden + config.text_hidden * 4 * config.text_hidden)
+  assert bench_predict.forward_flops(config) - lstm == counter.get_total_flops() // batch

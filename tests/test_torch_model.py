@@ -150,9 +150,12 @@ def test_a_checkpoint_that_does_not_fit_is_refused_naming_the_key(tmp_path):
     checkpoint.from_state_dict(arrays, config)
   with pytest.raises(CheckpointError, match='does not exist'):
     checkpoint.load(tmp_path / 'missing.safetensors')
-  (tmp_path / 'model.pt').write_bytes(b'\x80\x02}q\x00.')  # a pickle is never unpickled
-  with pytest.raises(CheckpointError, match='not a readable safetensors checkpoint'):
+  (tmp_path / 'model.pt').write_bytes(b'\x80\x02}q\x00.')  # only torch.load(weights_only) reads it
+  with pytest.raises(CheckpointError, match='not a readable torch file'):
     checkpoint.load(tmp_path / 'model.pt')
+  (tmp_path / 'model.bin').write_bytes(b'{"not": "safetensors"}')
+  with pytest.raises(CheckpointError, match='not a readable safetensors checkpoint'):
+    checkpoint.load(tmp_path / 'model.bin')
 
 
 def test_optimizer_state_round_trips_through_named_tensors():
