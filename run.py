@@ -50,12 +50,15 @@ JOB_EXTRAS = {
     'train-torch': ('cluster', 'tensorboard'),
     'test': ('cluster', 'export', 'tensorboard'),
     'parity': ('export',),
+    'export': ('export',),
     'python': ('cluster', 'export', 'tensorboard'),
 }
 JOBS = {
     'train': ['-m', 'lmf_jax.train'],
     'train-torch': ['-m', 'lmf_torch_npu.train'],
     'evaluate': ['-m', 'lmf_jax.evaluate'],
+    'predict': ['-m', 'lmf_jax.predict'],
+    'export': ['-m', 'lmf_torch_npu.export'],
     'test': ['-m', 'pytest'],
     'parity': ['-m', 'parity'],
     'bench': ['-m', 'parity.bench'],

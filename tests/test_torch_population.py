@@ -12,9 +12,12 @@ import sys
 import time
 
 import pytest
+import torch
 
 from engine import records
 from iemocap import files
+from lmf_torch_npu import train as torch_train
+from lmf_torch_npu.device import TorchOptions
 import run_helpers
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -78,12 +81,20 @@ def test_each_trial_is_its_lone_run_and_the_population_chooses_on_validation(
   assert 'on Ray, up to' in record['device']
   stopped_at = {m['epochs_run'] for m in record['members']}
   assert len(stopped_at) > 1, stopped_at
-  lone_dir = str(tmp_path / 'lone')
-  lone, _ = train(small_data_dir, lone_dir, '--seed=11', OMP_NUM_THREADS='1')
-  assert run_helpers.read_bytes(os.path.join(lone_dir, records.CHECKPOINT)) == \
-      checkpoint_bytes(workdir)[1]
-  assert {k: lone[k] for k in SAME if k != 'member'} == \
-      {k: v for k, v in members(record)[1].items() if k != 'member'}
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)  # what a Ray trial on one core runs with
+  try:
+    for member in record['members']:
+      config = run_helpers.small_config(small_data_dir, tmp_path / f'lone{member["seed"]}',
+                                        seed=member['seed'], epochs=8, patience=2, lr=0.02,
+                                        factor_lr=0.02)
+      lone = torch_train.train_and_evaluate(config, TorchOptions(device='cpu'))
+      assert {k: lone[k] for k in SAME if k != 'member'} == \
+          {k: member[k] for k in SAME if k != 'member'}
+      assert run_helpers.read_bytes(os.path.join(config.workdir, records.CHECKPOINT)) == \
+          checkpoint_bytes(workdir)[member['member']]
+  finally:
+    torch.set_num_threads(threads)
   chosen = min(record['members'], key=lambda m: m['best_valid_loss'])
   assert record['chosen_member'] == chosen['member'] and record['f1'] == chosen['f1']
   best = os.path.join(workdir, records.TRIALS_DIR, trial_dirs(workdir)[chosen['member']],
