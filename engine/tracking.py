@@ -47,17 +47,26 @@ class NoTracker:
 
 class TensorBoard:
   """tensorboardX event files in `logdir`; steps are epochs. `replay`: the saved epochs of a
-  resumed run, [(epoch, scalars)], written again after hiding everything written before."""
+  resumed run, [(epoch, scalars)], written again after hiding everything written before.
+
+  The event file is created with the first event, after the run's first outputs: a run that
+  fails before its first epoch leaves its workdir as empty as it found it."""
 
   def __init__(self, logdir: str, replay: Sequence = ()):
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    self.writer = SummaryWriter(logdir=logdir, purge_step=1 if replay else None)
-    for epoch, scalars in replay:
-      self.epoch(epoch, scalars)
+    self.logdir, self.replay, self.make = logdir, list(replay), SummaryWriter
+    self._writer = None
+
+  @property
+  def writer(self):
+    if self._writer is None:
+      self._writer = self.make(logdir=self.logdir, purge_step=1 if self.replay else None)
+      for epoch, scalars in self.replay:
+        _add(self._writer, epoch, scalars)
+    return self._writer
 
   def epoch(self, epoch, scalars):
-    for tag, value in scalars.items():
-      self.writer.add_scalar(tag, value, epoch)
+    _add(self.writer, epoch, scalars)
     self.writer.flush()
 
   def finish(self, hparams, results):
@@ -71,7 +80,13 @@ class TensorBoard:
     self.writer.flush()
 
   def close(self):
-    self.writer.close()
+    if self._writer is not None:
+      self._writer.close()
+
+
+def _add(writer, epoch, scalars):
+  for tag, value in scalars.items():
+    writer.add_scalar(tag, value, epoch)
 
 
 def open_tracker(logdir: str, replay: Sequence = ()) -> Tracker:
