@@ -326,7 +326,7 @@ def load_regression(source):
   if source.format == CSD:
     from iemocap import csd  # pylint: disable=import-outside-toplevel
     return csd.load(source)
-  splits, notes = {}, []
+  splits, notes, padding = {}, [], {}
   for name in data_lib.SPLITS:
     split = _get(source.raw, name)
     where = f' (split {name} of {source.path})'
@@ -342,14 +342,17 @@ def load_regression(source):
       ids = strings(_get(split, 'id'), 'id', where) if _get(split, 'id') is not None else ()
       splits[name] = regression_split(time_mean(audio), time_mean(vision), text, label, ids, where)
     else:
-      splits[name] = _mmsa_split(name, split, where, notes)
+      splits[name] = _mmsa_split(split, where, notes, padding)
+  for name, shares in padding.items():
+    notes.append(f'{name}: {"/".join(f"{100 * x:.0f}" for x in shares)}% of the stored steps are '
+                 'padding (train/valid/test)')
   if source.format == MULT:
     notes.append('audio/visual: plain means over all stored steps, zero padding included (MulT '
                  'files carry no lengths)')
   return RegressionSet(source=source, splits=splits, notes=tuple(dict.fromkeys(notes)))
 
 
-def _mmsa_split(split_name, split, where, notes):
+def _mmsa_split(split, where, notes, padding):
   audio = _array(split, 'audio', where, rank=3)
   vision = _array(split, 'vision', where, rank=3)
   text = _array(split, 'text', where, rank=3)
@@ -374,8 +377,7 @@ def _mmsa_split(split_name, split, where, notes):
                  'averages over its padding too)')
     for name, lengths, steps in (('audio', audio_lengths, audio.shape[1]),
                                  ('vision', vision_lengths, vision.shape[1])):
-      padded = 1 - lengths.sum() / max(lengths.size * steps, 1)
-      notes.append(f'{split_name} {name}: {100 * padded:.0f}% of the stored steps are padding')
+      padding.setdefault(name, []).append(1 - lengths.sum() / max(lengths.size * steps, 1))
   extra = [_array(split, f'regression_labels_{m}', where).reshape(n, 1) for m in 'TAV'
            if _get(split, f'regression_labels_{m}') is not None]
   if extra:
