@@ -339,6 +339,9 @@ def load_regression(source):
     elif source.format == MULT:
       audio, vision, text = _mult_sequences(split, where)
       label = _array(split, 'labels', where)
+      if label.size != label.shape[0]:
+        raise DataError(f'labels{where} have shape {label.shape}: MulT labels are (N, 4, 2) for '
+                        'IEMOCAP or one sentiment per utterance, (N, 1, 1)')
       ids = strings(_get(split, 'id'), 'id', where) if _get(split, 'id') is not None else ()
       splits[name] = regression_split(time_mean(audio), time_mean(vision), text, label, ids, where)
     else:
