@@ -17,7 +17,7 @@ from iemocap import pickle_io
 from iemocap import synthetic
 from iemocap import synthetic_formats
 from iemocap.errors import DataError
-from tests import run_helpers
+import run_helpers
 
 SIZES = (48, 16, 24)
 EXPECTED = {  # format: (detected format, set, text shape, label columns)
@@ -178,3 +178,22 @@ def test_hostile_csd_sets_are_one_line(stand_ins, tmp_path):
   listed = formats.load_regression(formats.read(str(tmp_path / 'no_folds')))
   assert list(listed.splits) == ['all'] and listed.splits['all'].n == sum(SIZES)
   assert csd.FOLDS_NAME in ' '.join(listed.notes)
+
+
+def test_2018_regression_pickles_are_detected(tmp_path):
+  rng = np.random.default_rng(0)
+  def split(n, label_dims):
+    return {'covarep': rng.normal(size=(n, 74)), 'facet': rng.normal(size=(n, 47)),
+            'glove': rng.normal(size=(n, 20, 300)), 'label': rng.normal(size=(n, label_dims))}
+  for name, dims, dataset in (('mosi.pkl', 1, 'CMU-MOSI'), ('pom.pkl', 16, 'POM')):
+    path = tmp_path / name
+    path.write_bytes(pickle_io.py2_dumps({s: split(6, dims) for s in data_lib.SPLITS}))
+    source = formats.read(str(path))
+    assert (source.format, source.dataset) == (formats.LMF2018_REGRESSION, dataset)
+    assert formats.load_regression(source).splits['test'].label.shape == (6, dims)
+
+
+def test_csd_without_h5py_is_one_line(stand_ins, monkeypatch):
+  monkeypatch.setitem(__import__('sys').modules, 'h5py', None)
+  with pytest.raises(DataError, match=r'needs h5py: pip install -e \.\[data\]'):
+    formats.load_regression(formats.read(stand_ins['csd-mosi']))
