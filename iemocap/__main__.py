@@ -63,8 +63,8 @@ def inspect(path, emotion=None):
     sizes = [report['emotions'][0]['splits'][s]['n'] for s in data_lib.SPLITS]
     report['label'] = {'kind': 'binary per emotion (one-hot, index 1 = present)'}
     if source.format == formats.MULT:
-      notes.append('audio/visual: plain means over all 20 stored steps, zero padding included, '
-                   'as the 2018 file\'s vectors were made')
+      notes.append('audio/visual: plain means over all stored steps, zero padding included, as '
+                   'the 2018 file\'s vectors were made from the aligned 20 steps')
   else:
     regression = formats.load_regression(source)
     notes.extend(regression.notes)

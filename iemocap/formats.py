@@ -118,7 +118,7 @@ def _describe_keys(mapping):
 def read(path):
   """The detected `Source` of a path (a file, a directory, or a comma-separated .csd list)."""
   path = data_lib.resolve_path(path)
-  if os.path.isdir(path) or ',' in path and not os.path.exists(path):
+  if os.path.isdir(path) or (',' in path and not os.path.exists(path)):
     from iemocap import csd  # pylint: disable=import-outside-toplevel  (csd imports formats)
     return Source(path, CSD, csd.dataset_name(path), csd.role_paths(path))
   with open(path, 'rb') as f:
@@ -127,7 +127,10 @@ def read(path):
     raise DataError(f'{path} is an HDF5 file (a CMU-SDK .csd holds one modality): pass the '
                     'directory holding the audio, visual, text and labels .csd files, or them '
                     'as a comma-separated list')
-  if path.endswith('.npz') or head[:4] == b'PK\x03\x04':
+  if head[:4] == b'PK\x03\x04':  # a zip: only the 2018 file's npz, never unpickled
+    raw = data_lib.nest_npz_arrays(data_lib.read_npz_arrays(path), path)
+    return Source(path, LMF2018_IEMOCAP, 'IEMOCAP', raw)
+  if path.endswith('.npz'):
     return Source(path, LMF2018_IEMOCAP, 'IEMOCAP', data_lib.read_raw(path))
   raw = data_lib.read_pickle(path)
   if not isinstance(raw, dict):

@@ -11,6 +11,7 @@ a sentiment from hidden audio, visual and text values (text strongest, an audio 
 
 import json
 import os
+import pickle
 
 import numpy as np
 
@@ -30,7 +31,6 @@ CSD_FILES = {'audio': ('CMU_MOSI_COVAREP', 74), 'visual': ('CMU_MOSI_Visual_Face
 
 
 def _pickle(obj):
-  import pickle  # pylint: disable=import-outside-toplevel
   return pickle.dumps(obj, protocol=4)  # MulT and MMSA wrote Python-3 pickles
 
 
