@@ -9,7 +9,6 @@ import pickle
 import numpy as np
 import pytest
 
-from iemocap import __main__ as iemocap_cli
 from iemocap import csd
 from iemocap import data as data_lib
 from iemocap import formats
