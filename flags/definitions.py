@@ -27,8 +27,10 @@ def define_data_flags(flag_values=FLAGS):
   flags.DEFINE_string('emotion', 'neutral',
                       f'Emotion task: {"|".join(EMOTIONS)}; the seed\'s spellings b\'sad\' and '
                       '"b\'sad\'" work too.', **where)
-  flags.DEFINE_string('data_path', '', 'iemocap.pkl / iemocap.npz, or a directory holding one; '
-                      'empty: the synthetic stand-in (generated once, then cached).', **where)
+  flags.DEFINE_string('data_path', '', 'iemocap.pkl / iemocap.npz, MulT\'s iemocap_data.pkl, or a '
+                      'directory holding one (`python -m iemocap inspect` tells what a file '
+                      'holds); empty: the synthetic stand-in (generated once, then cached).',
+                      **where)
   flags.DEFINE_alias('data_url', 'data_path', **where)
 
 

@@ -122,19 +122,32 @@ class Dataset:
     return [f'{self.emotion}/{name}: {self.split(name).replaced_text()}' for name in SPLITS]
 
 
+MULT_NAME = 'iemocap_data.pkl'  # MulT / MultiBench's aligned IEMOCAP file
+
+
 def resolve_path(path):
-  """The data file for `path`: the file itself, or `iemocap.npz`/`iemocap.pkl` in a directory."""
+  """The data file for `path`: the file itself; in a directory `iemocap.npz`, `iemocap.pkl` or
+  `iemocap_data.pkl`, else the directory itself if it holds CMU-SDK `.csd` files; or a
+  comma-separated list of `.csd` files, returned as given."""
   path = os.fspath(path)
+  if ',' in path and not os.path.lexists(path):
+    for part in path.split(','):
+      if not os.path.isfile(part):
+        raise DataError(f'{part or "an empty name"} (in the comma-separated list {path}) is not '
+                        'a file: pass one .csd file per modality and one of labels')
+    return path
   if os.path.isdir(path):
-    for name in (NPZ_NAME, PICKLE_NAME):
+    for name in (NPZ_NAME, PICKLE_NAME, MULT_NAME):
       candidate = os.path.join(path, name)
       if os.path.isfile(candidate):
         return candidate
       if os.path.lexists(candidate):
         raise DataError(f'{candidate} is not a regular file (a directory or a broken link): '
                         'pass the data file itself')
-    raise DataError(f'no {PICKLE_NAME} or {NPZ_NAME} in directory {path}: '
-                    'pass the file itself or the directory holding it')
+    if any(name.endswith('.csd') for name in os.listdir(path)):
+      return path
+    raise DataError(f'no {PICKLE_NAME} or {NPZ_NAME} in directory {path} (nor {MULT_NAME} or '
+                    '.csd files): pass the file itself or the directory holding it')
   if not os.path.exists(path):
     raise DataError(f'data file {path} does not exist: pass the path of {PICKLE_NAME} '
                     'or of the directory holding it')
@@ -162,9 +175,17 @@ def read_raw(path):
   path = resolve_path(path)
   if path.endswith('.npz'):
     return nest_npz_arrays(read_npz_arrays(path), path)
+  raw = read_pickle(path)
+  if not isinstance(raw, dict):
+    raise DataError(f'{path} holds a {type(raw).__name__}, not the dict of emotions of iemocap.pkl')
+  return raw
+
+
+def read_pickle(path):
+  """Whatever a data pickle holds, through the restricted unpickler; every failure one line."""
   try:
     with open(path, 'rb') as f:
-      raw = pickle_io.restricted_load(f)
+      return pickle_io.restricted_load(f)
   except OSError as e:
     raise DataError(f'cannot read {path} ({e.strerror or e}): check the path and its '
                     'permissions') from None
@@ -179,9 +200,6 @@ def read_raw(path):
     raise DataError(f'{path} is not a readable IEMOCAP pickle ({type(e).__name__}: '
                     f'{str(e).splitlines()[0] if str(e) else "corrupt data"}): '
                     'pass the processed iemocap.pkl of the 2018 code') from None
-  if not isinstance(raw, dict):
-    raise DataError(f'{path} holds a {type(raw).__name__}, not the dict of emotions of iemocap.pkl')
-  return raw
 
 
 _NPZ_FIX = 'convert the pickle again with `python -m iemocap convert --overwrite`'
@@ -393,9 +411,10 @@ def build_dataset(raw, emotion, path):
 
 
 def load(path, emotion):
-  """The three validated splits of one emotion task from the 2018 file (or its npz)."""
-  path = resolve_path(path)
-  return build_dataset(read_raw(path), emotion, path)
+  """The three validated splits of one emotion task from any file `formats` detects as IEMOCAP
+  (the 2018 pickle or npz, MulT's iemocap_data.pkl); a regression file is refused in one line."""
+  from iemocap import formats  # pylint: disable=import-outside-toplevel  (formats imports data)
+  return formats.load_classification(path, emotion)
 
 
 def write_npz(raw, out_path, source='the data', overwrite=False):
