@@ -48,10 +48,11 @@ NPU_NOTE = ('run.py: torch-npu runs on Huawei CANN, which must be installed firs
 JOB_EXTRAS = {
     'train': ('tensorboard',),
     'train-torch': ('cluster', 'tensorboard'),
-    'test': ('cluster', 'export', 'tensorboard'),
+    'data': ('data',),
+    'test': ('cluster', 'data', 'export', 'tensorboard'),
     'parity': ('export',),
     'export': ('export',),
-    'python': ('cluster', 'export', 'tensorboard'),
+    'python': ('cluster', 'data', 'export', 'tensorboard'),
 }
 JOBS = {
     'train': ['-m', 'lmf_jax.train'],

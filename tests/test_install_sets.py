@@ -45,7 +45,7 @@ def test_the_main_job_stays_lean_and_the_tests_install_every_extra(monkeypatch):
   with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
     extras = tomllib.load(f)['project']['optional-dependencies']
   optional = set(extras) - {'jax', 'torch', 'dev', 'cuda', 'npu'}
-  assert set(run.JOB_EXTRAS['test']) == optional == {'cluster', 'export', 'tensorboard'}
+  assert set(run.JOB_EXTRAS['test']) == optional == {'cluster', 'data', 'export', 'tensorboard'}
   assert run.JOB_EXTRAS['train'] == ('tensorboard',)  # Ray and ONNX are not the main job's
   for wanted in [r for name in optional for r in extras[name]]:  # pinned, like all CI installs
     name = run._canonical(wanted.split('>')[0].split('=')[0])
@@ -54,7 +54,7 @@ def test_the_main_job_stays_lean_and_the_tests_install_every_extra(monkeypatch):
   monkeypatch.setattr(run, 'ensure_environment', lambda a, extras: calls.append(extras))
   run.main(['test'])
   run.main(['train'])
-  assert calls == [('cluster', 'export', 'tensorboard'), ('tensorboard',)]
+  assert calls == [('cluster', 'data', 'export', 'tensorboard'), ('tensorboard',)]
 
 
 def test_a_stamp_keeps_the_extras_installed_under_its_fingerprint():
