@@ -403,9 +403,10 @@ def checksum_note(source):
     for block in iter(lambda: f.read(1 << 22), b''):
       digest.update(block)
   if digest.hexdigest() == expected:
-    return 'sha256 matches MMSA\'s published sum'
-  return (f'sha256 {digest.hexdigest()[:16]}... differs from MMSA\'s published '
-          f'{expected[:16]}...: not the released file (a synthetic or modified copy)')
+    return 'sha256 matches the sum quoted for MMSA\'s release'
+  return (f'sha256 {digest.hexdigest()[:16]}... differs from the sum quoted for MMSA\'s release '
+          f'({expected[:16]}...): a modified or synthetic copy, another release, or a quoted sum '
+          'that is out of date')
 
 
 def split_size_note(dataset, sizes):
