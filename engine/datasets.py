@@ -3,7 +3,7 @@
 from absl import logging
 
 from flags.config import Config
-from iemocap import data as data_lib
+from iemocap import formats
 from iemocap import synthetic
 from iemocap.data import Dataset
 from iemocap.errors import DataError
@@ -20,7 +20,7 @@ def open_dataset(config: Config) -> tuple[Dataset, bool, str]:
 
 def _open_dataset(config):
   if config.data_path:
-    dataset = data_lib.load(config.data_path, config.emotion)
+    dataset = formats.load(config.data_path, config.emotion)
     synthetic_record = synthetic.describe(dataset.path)
     if synthetic_record is None:
       return dataset, False, f'data: {dataset.path} ({config.emotion})'
@@ -32,6 +32,6 @@ def _open_dataset(config):
     raise DataError(f'cannot write the synthetic data set into its cache directory '
                     f'{synthetic.cache_dir()} ({e}): set LMF_CACHE_DIR to a writable directory, '
                     'or pass --data_path') from None
-  dataset = data_lib.load(path, config.emotion)
+  dataset = formats.load(path, config.emotion)
   return dataset, True, (f'data: no --data_path given, so the synthetic IEMOCAP stand-in at {path} '
                          f'({config.emotion}); its F1 is not the paper\'s F1')

@@ -2,6 +2,7 @@
 stand-in, batching and metrics. Training runs live in engine/."""
 
 from iemocap.batching import epoch_batches
-from iemocap.data import EMOTIONS, SPLITS, Dataset, Split, load, normalize_emotion
+from iemocap.data import EMOTIONS, SPLITS, Dataset, Split, normalize_emotion
 from iemocap.errors import DataError, UserError
+from iemocap.formats import load
 from iemocap.metrics import accuracy, majority_baseline, weighted_f1

@@ -17,7 +17,6 @@ import os
 
 import numpy as np
 
-from iemocap import formats
 from iemocap.data import DataError, SPLITS
 
 ROLES = {'labels': ('label',), 'audio': ('covarep', 'opensmile', 'audio'),
@@ -113,11 +112,12 @@ def _overlapping(intervals, start, end):
   return (intervals[:, 0] < end) & (intervals[:, 1] > start)
 
 
-def load(source):
-  """The RegressionSet of a csd Source: one row per labelled segment, split by folds.json."""
-  tables = {role: read(file) for role, file in source.raw.items()}
+def segments(path, role_paths):
+  """({split: (audio, visual, text, label, ids)}, notes) of a .csd set (`role_paths`: its
+  files by role): one row per labelled segment, split by folds.json beside the files."""
+  tables = {role: read(file) for role, file in role_paths.items()}
   labels = tables['labels'][1]
-  folds = _folds(source.path, labels)
+  folds = _folds(path, labels)
   rows = {name: {'audio': [], 'visual': [], 'text': [], 'label': [], 'ids': []} for name in folds}
   empty = 0
   text_dim = next(iter(tables['text'][1].values()))[0].shape[1] if tables['text'][1] else 0
@@ -140,14 +140,13 @@ def load(source):
   splits = {}
   for name, row in rows.items():
     if not row['label']:
-      raise DataError(f'{source.path}: split {name} has no labelled segments (check {FOLDS_NAME})')
+      raise DataError(f'{path}: split {name} has no labelled segments (check {FOLDS_NAME})')
     stacked = {}
     for role in ('audio', 'visual'):
       dim = next((v.shape[0] for v in row[role] if v is not None), 1)
       stacked[role] = np.stack([v if v is not None else np.zeros(dim) for v in row[role]])
-    splits[name] = formats.regression_split(stacked['audio'], stacked['visual'],
-                                            np.stack(row['text']), np.stack(row['label']),
-                                            row['ids'], f' (split {name} of {source.path})')
+    splits[name] = (stacked['audio'], stacked['visual'], np.stack(row['text']),
+                    np.stack(row['label']), row['ids'])
   notes = [f'audio/visual: means of the frames overlapping each labelled segment; text: the '
            f'word vectors overlapping it, at most {TEXT_STEPS}, zero-padded in front']
   if empty:
@@ -155,7 +154,7 @@ def load(source):
   if list(folds) == ['all']:
     notes.append(f'no {FOLDS_NAME}: one split "all"; the standard folds are in the SDK '
                  '(mmdatasdk.<set>.standard_folds)')
-  return formats.RegressionSet(source=source, splits=splits, notes=tuple(notes))
+  return splits, notes
 
 
 def _folds(path, labels):

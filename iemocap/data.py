@@ -410,13 +410,6 @@ def build_dataset(raw, emotion, path):
   return Dataset(emotion=emotion, path=str(path), **splits)
 
 
-def load(path, emotion):
-  """The three validated splits of one emotion task from any file `formats` detects as IEMOCAP
-  (the 2018 pickle or npz, MulT's iemocap_data.pkl); a regression file is refused in one line."""
-  from iemocap import formats  # pylint: disable=import-outside-toplevel  (formats imports data)
-  return formats.load_classification(path, emotion)
-
-
 def write_npz(raw, out_path, source='the data', overwrite=False):
   """Writes a safe `.npz` copy of a raw file: features shared across emotions are stored once.
 

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from iemocap import data
+from iemocap import formats
 from iemocap.errors import DataError
 
 FEATURE_NAMES = ('covarep', 'facet', 'glove')  # audio, visual, text: the model's input order
@@ -118,7 +119,7 @@ def read(path, input_dims, emotion, split='test'):
                     'and --split')
   path = data.resolve_path(path)
   if not path.endswith('.npz'):
-    return _from_split(data.load(path, emotion), split, input_dims)
+    return _from_split(formats.load(path, emotion), split, input_dims)
   arrays = data.read_npz_arrays(path, fix=_FIX)
   if any('/' in name for name in arrays):
     raw = data.nest_npz_arrays(arrays, path)

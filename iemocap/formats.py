@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from iemocap import csd
 from iemocap import data as data_lib
 from iemocap.data import DataError, Replaced
 
@@ -119,7 +120,6 @@ def read(path):
   """The detected `Source` of a path (a file, a directory, or a comma-separated .csd list)."""
   path = data_lib.resolve_path(path)
   if os.path.isdir(path) or (',' in path and not os.path.exists(path)):
-    from iemocap import csd  # pylint: disable=import-outside-toplevel  (csd imports formats)
     return Source(path, CSD, csd.dataset_name(path), csd.role_paths(path))
   with open(path, 'rb') as f:
     head = f.read(8)
@@ -313,8 +313,9 @@ def mult_iemocap_raw(source):
   return raw
 
 
-def load_classification(path, emotion):
-  """The Dataset of one emotion from any IEMOCAP file; any other set refused in one line."""
+def load(path, emotion):
+  """The three validated splits of one emotion task from any IEMOCAP file (the 2018 pickle or
+  npz, MulT's iemocap_data.pkl); any other set is refused in one line."""
   source = read(path)
   if not source.is_iemocap:
     raise DataError(f'{source.path} holds {source.task} ({source.format} format); this release '
@@ -327,8 +328,10 @@ def load_classification(path, emotion):
 def load_regression(source):
   """A RegressionSet from a detected non-IEMOCAP source (`read`'s result)."""
   if source.format == CSD:
-    from iemocap import csd  # pylint: disable=import-outside-toplevel
-    return csd.load(source)
+    segments, notes = csd.segments(source.path, source.raw)
+    return RegressionSet(source=source, notes=tuple(notes), splits={
+        name: regression_split(*arrays, f' (split {name} of {source.path})')
+        for name, arrays in segments.items()})
   splits, notes, padding = {}, [], {}
   for name in data_lib.SPLITS:
     split = _get(source.raw, name)

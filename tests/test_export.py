@@ -13,7 +13,7 @@ from engine import prediction
 from engine import records
 from engine import state_dict
 from flags.errors import ConfigError
-from iemocap import data as data_lib
+from iemocap import formats
 from lmf_jax import predict as jax_predict
 from lmf_torch_npu import export
 from tests import run_helpers
@@ -27,7 +27,7 @@ def jax_workdir(small_data_dir, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def test_split(small_data_dir):
-  return data_lib.load(small_data_dir, 'sad').test
+  return formats.load(small_data_dir, 'sad').test
 
 
 def graph_inputs(graph):

@@ -80,15 +80,15 @@ def test_mult_iemocap_equals_the_2018_file_of_the_same_numbers(stand_ins, tmp_pa
                     for split in data_lib.SPLITS}
   (tmp_path / 'iemocap.pkl').write_bytes(pickle_io.py2_dumps(raw))
   for emotion in data_lib.EMOTIONS:
-    a = data_lib.load(stand_ins['mult-iemocap'], emotion)
-    b = data_lib.load(tmp_path, emotion)
+    a = formats.load(stand_ins['mult-iemocap'], emotion)
+    b = formats.load(tmp_path, emotion)
     for split in data_lib.SPLITS:
       for key, value in a.split(split).arrays().items():
         np.testing.assert_array_equal(value, b.split(split).arrays()[key], err_msg=key)
       assert a.split(split).replaced_text() == b.split(split).replaced_text()
   # And both are the 2018 synthetic set of that seed (the stand-in plants its vectors).
   original = data_lib.build_dataset(synthetic.generate(0, SIZES), 'sad', 'generated')
-  sad = data_lib.load(stand_ins['mult-iemocap'], 'sad')
+  sad = formats.load(stand_ins['mult-iemocap'], 'sad')
   np.testing.assert_array_equal(sad.train.label, original.train.label)
   np.testing.assert_allclose(sad.test.audio, original.test.audio, rtol=1e-4, atol=1e-3)
 
@@ -110,7 +110,7 @@ def test_trainers_refuse_a_regression_file_in_one_line(stand_ins, tmp_path):
                               r'classification only \(regression is issue 13\'s next step\)')
   for fmt in ('mmsa-sims', 'csd-mosi'):
     with pytest.raises(DataError, match='sentiment regression'):
-      data_lib.load(stand_ins[fmt], 'sad')
+      formats.load(stand_ins[fmt], 'sad')
 
 
 def _write(path, obj):

@@ -15,7 +15,7 @@ from engine import records
 from engine.errors import RunError
 from flags.config import Config
 from flags.errors import ConfigError
-from iemocap import data as data_lib
+from iemocap import formats
 from iemocap import files
 from lmf_jax import checkpoint
 from lmf_jax import population
@@ -101,7 +101,7 @@ def summarise(config, members, member_records, dataset):
 
 def test_selection_ignores_test_scores(small_data_dir):
   """The model best on test is not the one chosen: only the valid loss decides."""
-  dataset = data_lib.load(small_data_dir, 'sad')
+  dataset = formats.load(small_data_dir, 'sad')
   config = small_config(small_data_dir, '')
   members = engine_population.member_configs(config, 3, ())
   member_records = member_records_for(members, (0.50, 0.40, 0.45), (0.90, 0.70, 0.95))
@@ -115,7 +115,7 @@ def test_selection_ignores_test_scores(small_data_dir):
 
 
 def test_a_sweep_chooses_the_setting_by_mean_valid_loss_and_reports_its_seeds(small_data_dir):
-  dataset = data_lib.load(small_data_dir, 'sad')
+  dataset = formats.load(small_data_dir, 'sad')
   config = small_config(small_data_dir, '')
   members = engine_population.member_configs(config, 2, engine_population.parse_sweeps(['lr=0.001,0.003']))
   # lr=0.001 has the single best model (0.30) but the worse mean (0.45 vs 0.40).
@@ -134,7 +134,7 @@ def test_throughput_leaves_out_the_epochs_that_compiled():
 
 
 def test_a_stopped_model_does_not_change(small_data_dir):
-  dataset = data_lib.load(small_data_dir, 'sad')
+  dataset = formats.load(small_data_dir, 'sad')
   configs = engine_population.member_configs(small_config(small_data_dir, ''), 2, ())
   ensemble = population.JaxPopulation(configs, dataset)
   before = jax.device_get(ensemble.state)
@@ -192,7 +192,7 @@ def test_bad_sweeps_fail_clearly(spec, message):
 
 
 def test_optimizer_state_carries_each_models_hyperparameters(small_data_dir):
-  dataset = data_lib.load(small_data_dir, 'sad')
+  dataset = formats.load(small_data_dir, 'sad')
   base = small_config(small_data_dir, '')
   configs = [dataclasses.replace(base, lr=lr, factor_lr=f, weight_decay=w)
              for lr, f, w in ((0.1, 0.2, 0.0), (0.3, 0.4, 0.5))]
@@ -230,7 +230,7 @@ def test_all_emotions_table_from_the_command_line(small_data_dir, tmp_path):
 
 def test_a_population_of_one_trains_what_the_single_run_trains(small_data_dir):
   """With one model, the vmapped program computes what JaxRun computes (one epoch)."""
-  dataset = data_lib.load(small_data_dir, 'sad')
+  dataset = formats.load(small_data_dir, 'sad')
   config = small_config(small_data_dir, '')
   ensemble = population.JaxPopulation([config], dataset)
   run = train.JaxRun(config, dataset)
@@ -294,7 +294,7 @@ def test_packing_keeps_the_live_models_and_their_results(two_groups, small_data_
   population that never packs gives, to float32 rounding."""
   config, _, whole = two_groups
   assert len({m['epochs_run'] for m in whole['members'][:3]}) > 1
-  dataset = data_lib.load(small_data_dir, 'sad')
+  dataset = formats.load(small_data_dir, 'sad')
   members = engine_population.member_configs(dataclasses.replace(config, rank=2), 3)
   packed = population.JaxPopulation(members, dataset)
   unpacked = population.JaxPopulation(members, dataset)

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from flags import presets
 from flags.config import Config
-from iemocap import data as data_lib
+from iemocap import formats
 from lmf_jax import model as jax_model
 from lmf_jax import optimizer as jax_optimizer
 from lmf_torch_npu import model as torch_model
@@ -26,7 +26,7 @@ from parity import tolerances
 
 @pytest.fixture(scope='module')
 def dataset(small_data_dir):
-  return data_lib.load(small_data_dir, 'sad')
+  return formats.load(small_data_dir, 'sad')
 
 
 def pair_for(emotion, dtype='float32', **overrides):
@@ -39,7 +39,7 @@ def by_check(results):
 
 @pytest.mark.parametrize('emotion', ['happy', 'neutral'])  # rank 1 and rank 16, both LSTM sizes
 def test_every_check_passes_in_float32_and_float64(emotion, small_data_dir, tmp_path):
-  results = checks.run_emotion(emotion, data_lib.load(small_data_dir, emotion), epochs=2,
+  results = checks.run_emotion(emotion, formats.load(small_data_dir, emotion), epochs=2,
                                seeds=0, workdir=str(tmp_path))
   failed = [str(r) for r in results if not r.passed]
   assert not failed, failed

@@ -14,6 +14,7 @@ from engine import records
 from engine.errors import CheckpointError
 from flags.errors import ConfigError
 from iemocap import data as data_lib
+from iemocap import formats
 from iemocap.errors import DataError
 from lmf_jax import evaluate as jax_evaluate
 from lmf_jax import predict as jax_predict
@@ -148,7 +149,7 @@ def test_a_data_file_split_is_predicted_and_an_existing_out_is_kept(workdirs, sm
                                                                     tmp_path):
   predictor = jax_predict.Predictor(workdirs['jax'])
   valid = predictor.predict_file(small_data_dir, split='valid')
-  dataset = data_lib.load(small_data_dir, 'sad')
+  dataset = formats.load(small_data_dir, 'sad')
   assert valid.features.n == dataset.valid.n and valid.features.ids is None
   np.testing.assert_array_equal(valid.features.audio, dataset.valid.audio)
   out = tmp_path / 'kept.jsonl'
