@@ -5,6 +5,7 @@ its thread count, so lone runs are compared under OMP_NUM_THREADS=1, the threads
 on one core uses.
 """
 
+import glob
 import os
 import signal
 import subprocess
@@ -141,12 +142,12 @@ def _trial_pid(trial):
   return int(holder.split()[1])
 
 
-def test_a_killed_worker_is_retried_then_sigint_stops_and_resume_skips_finished_trials(
-    ray_run, small_data_dir, tmp_path):
+def test_a_killed_trial_worker_is_retried_and_ends_bitwise_equal(ray_run, small_data_dir,
+                                                                 tmp_path):
   workdir, record, _ = ray_run
-  cut = str(tmp_path / 'cut')
-  trial = os.path.join(cut, records.TRIALS_DIR, '0-seed10')
-  process = subprocess.Popen(command(small_data_dir, cut, f'--num_seeds={SEEDS}'),
+  killed = str(tmp_path / 'killed')
+  trial = os.path.join(killed, records.TRIALS_DIR, '0-seed10')
+  process = subprocess.Popen(command(small_data_dir, killed, f'--num_seeds={SEEDS}'),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=environment())
   try:
@@ -154,9 +155,27 @@ def test_a_killed_worker_is_retried_then_sigint_stops_and_resume_skips_finished_
     pid = _trial_pid(trial)
     assert pid != process.pid  # the trial runs in a Ray worker, not in the command
     os.kill(pid, signal.SIGKILL)
-    # Ray runs the trial again in a new worker, which resumes it and finishes it.
-    _wait_for(lambda: os.path.exists(os.path.join(trial, records.RESULTS_JSON)), process,
-              'trial 0 finished after its retry')
+    _, stderr = process.communicate(timeout=240)
+  finally:
+    process.kill()
+  assert process.returncode == 0, stderr[-3000:]  # Ray ran the trial again, which resumed
+  assert members(files.read_json(os.path.join(killed, records.RESULTS_JSON))) == members(record)
+  assert checkpoint_bytes(killed) == checkpoint_bytes(workdir)
+
+
+def test_sigint_stops_and_resume_on_ray_skips_the_finished_trials(ray_run, small_data_dir,
+                                                                  tmp_path):
+  """Stopped in process (one trial after another: the stop lands while trials remain), resumed
+  on Ray: the scheduler is not part of a population, its one-thread trials are the same."""
+  workdir, record, _ = ray_run
+  cut = str(tmp_path / 'cut')
+  here = ['--ray_address=none', '--cpus_per_trial=1']
+  process = subprocess.Popen(command(small_data_dir, cut, f'--num_seeds={SEEDS}', *here),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=environment())
+  first = os.path.join(cut, records.TRIALS_DIR, '0-seed10', records.RESULTS_JSON)
+  try:
+    _wait_for(lambda: os.path.exists(first), process, 'trial 0 finished')
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
   finally:
@@ -164,22 +183,55 @@ def test_a_killed_worker_is_retried_then_sigint_stops_and_resume_skips_finished_
   assert process.returncode == 130, stderr[-3000:]
   last = stderr.strip().splitlines()[-1]
   assert last.startswith('error: stopped by SIGINT') and '--resume' in last, last
-  assert not os.path.exists(os.path.join(cut, records.RESULTS_JSON))
   finished = {d: os.stat(os.path.join(cut, records.TRIALS_DIR, d, records.RESULTS_JSON))
               .st_mtime_ns for d in trial_dirs(cut)
               if os.path.exists(os.path.join(cut, records.TRIALS_DIR, d, records.RESULTS_JSON))}
   assert '0-seed10' in finished and len(finished) < SEEDS, finished
-  # In this process with one thread a trial is what it is on Ray: the same workdir, refused.
-  refused = subprocess.run(command(small_data_dir, cut, f'--num_seeds={SEEDS}',
-                                   '--ray_address=none', '--cpus_per_trial=1'),
+  refused = subprocess.run(command(small_data_dir, cut, f'--num_seeds={SEEDS}', *here),
                            capture_output=True, text=True, timeout=120, env=environment())
   assert refused.returncode != 0 and 'pass --resume' in refused.stderr.strip().splitlines()[-1]
-  resumed, _ = train(small_data_dir, cut, f'--num_seeds={SEEDS}', '--resume')
+  resumed, _ = train(small_data_dir, cut, f'--num_seeds={SEEDS}', '--resume')  # on Ray
   for d, mtime in finished.items():  # reported, not trained again
     assert os.stat(os.path.join(cut, records.TRIALS_DIR, d,
                                 records.RESULTS_JSON)).st_mtime_ns == mtime
   assert members(resumed) == members(record)
   assert checkpoint_bytes(cut) == checkpoint_bytes(workdir)
+
+
+def test_sigint_cancels_the_running_ray_trials(small_data_dir, tmp_path):
+  """Trials long enough (40 epochs each) that none can end before the stop lands."""
+  stopped = str(tmp_path / 'stopped')
+  process = subprocess.Popen(command(small_data_dir, stopped, '--num_seeds=2', '--epochs=40',
+                                     '--patience=40'),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=environment())
+  trial = os.path.join(stopped, records.TRIALS_DIR, '0-seed10')
+  try:
+    _wait_for(lambda: _trial_pid(trial), process, 'trial 0 saved an epoch')
+    worker = _trial_pid(trial)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  assert process.returncode == 130, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith('error: stopped by SIGINT: 0 of 2 trials finished') and '--resume' in last
+  assert not glob.glob(os.path.join(stopped, '**', records.RESULTS_JSON), recursive=True)
+  rows = records.read_metrics(trial)
+  assert rows and [r['epoch'] for r in rows] == list(range(1, len(rows) + 1))
+  deadline = time.monotonic() + 30  # Ray's worker ends with the command's Ray, soon after
+  while _alive(worker):
+    assert time.monotonic() < deadline, f'trial worker {worker} still runs'
+    time.sleep(0.1)
+
+
+def _alive(pid):
+  """Whether `pid` runs (an exited, unreaped zombie does not)."""
+  try:
+    with open(f'/proc/{pid}/status', encoding='utf-8') as f:
+      return not any(line.startswith('State:') and 'Z' in line.split()[1] for line in f)
+  except FileNotFoundError:
+    return False
 
 
 def test_the_8p_script_on_a_running_ray_cluster_gives_the_embedded_result(ray_run, small_data_dir,
