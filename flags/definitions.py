@@ -7,6 +7,7 @@ Precedence for each hyperparameter: the emotion's preset, then `--para_path`
 (the Ascend param_data.csv), then a flag given on the command line.
 """
 
+import dataclasses
 import os
 
 from absl import flags
@@ -98,3 +99,17 @@ def config_from_flags(values=FLAGS, emotion=None):
   return Config(emotion=emotion, data_path=data_path, workdir=values.workdir,
                 epochs=values.epochs, patience=values.patience, output_dim=values.output_dim,
                 seed=values.seed, **hparams)
+
+
+def population_configs(values=FLAGS):
+  """The Config of each emotion a population command trains: the one of --emotion, or with
+  --emotion=all the four, each in <--workdir>/<emotion> when --workdir is given."""
+  if values.emotion.strip().lower() != 'all':
+    return [config_from_flags(values)]
+  configs = []
+  for emotion in EMOTIONS:
+    config = config_from_flags(values, emotion)
+    if values.workdir:
+      config = dataclasses.replace(config, workdir=os.path.join(values.workdir, emotion))
+    configs.append(config)
+  return configs

@@ -39,7 +39,7 @@ from flags.config import Config
 from flags.errors import ConfigError
 from iemocap import batching
 from iemocap import synthetic
-from iemocap.data import EMOTIONS, Dataset
+from iemocap.data import Dataset
 from lmf_jax import checkpoint
 from lmf_jax import device as jax_device
 from lmf_jax.device import BACKEND
@@ -291,24 +291,17 @@ def measure_performance(config: Config, count: int) -> dict:
 def main_members(values, stop):
   """--num_seeds / --sweep / --emotion=all: many models per emotion, one program per shape."""
   sweeps = engine_population.parse_sweeps(values.sweep)
-  emotions = EMOTIONS if values.emotion.strip().lower() == 'all' else [None]
   on_ray = values.ray_address not in ('', 'none')
   if on_ray and (values.perf_steps > 0 or jax.process_count() > 1):
     raise ConfigError('--ray_address sends packs to Ray workers from one process: drop '
                       '--perf_steps and the jax.distributed flags')
   devices = [] if on_ray else jax_device.population_devices(values.devices)
+  configs = definitions.population_configs(values)
   if values.perf_steps > 0:
-    for emotion in emotions:
-      config = definitions.config_from_flags(values, emotion)
+    for config in configs:
       print(records.format_perf(population.measure_performance(config, values.num_seeds,
                                                                values.perf_steps, devices)))
     return
-  configs = []
-  for emotion in emotions:
-    config = definitions.config_from_flags(values, emotion)
-    if emotion and values.workdir:
-      config = dataclasses.replace(config, workdir=os.path.join(values.workdir, emotion))
-    configs.append(config)
   if on_ray:
     main_packs(values, configs, sweeps, stop)
     return

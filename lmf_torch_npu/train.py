@@ -13,7 +13,6 @@ member, each the lone run of its seed (engine/trials.py), side by side on Ray.
 import contextlib
 import dataclasses
 import functools
-import os
 import time
 from typing import Optional, Sequence
 
@@ -38,7 +37,7 @@ from flags import hardware
 from flags.config import Config
 from flags.errors import ConfigError
 from iemocap import batching
-from iemocap.data import EMOTIONS, Dataset
+from iemocap.data import Dataset
 from lmf_torch_npu import checkpoint
 from lmf_torch_npu import device as device_lib
 from lmf_torch_npu import model as model_lib
@@ -301,16 +300,10 @@ def measure_performance(config, torch_options, count):
 def main_members(values, torch_options, stop):
   """--num_seeds / --sweep / --emotion=all: a population of trials per emotion."""
   sweeps = engine_population.parse_sweeps(values.sweep)
-  emotions = EMOTIONS if values.emotion.strip().lower() == 'all' else [None]
   if values.perf_steps > 0:
     raise ConfigError('--perf_steps times one model\'s steps: drop --num_seeds/--sweep and give '
                       'one --emotion')
-  configs = []
-  for emotion in emotions:
-    config = definitions.config_from_flags(values, emotion)
-    if emotion and values.workdir:
-      config = dataclasses.replace(config, workdir=os.path.join(values.workdir, emotion))
-    configs.append(config)
+  configs = definitions.population_configs(values)
   with trial_scheduler(values.ray_address, torch_options, values.cpus_per_trial) as setup:
     options_record = setup.options_record(values.num_seeds, sweeps)
     resumes = [values.resume and workdirs.holds_run(c, BACKEND, options_record) for c in configs]

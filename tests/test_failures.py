@@ -24,6 +24,7 @@ from engine import records
 from engine import workdirs
 from iemocap import files
 from iemocap.files import temporary_prefix
+from run_helpers import assert_one_line
 
 SMALL_FLAGS = ('--text_hidden=16', '--batch_size=32', '--audio_hidden=8', '--video_hidden=4',
                '--rank=4')
@@ -42,15 +43,6 @@ def run_cli(module, *args, env=None, cwd=None, **kwargs):
 def train_args(data_dir, workdir, *extra):
   return (f'--data_path={data_dir}', f'--workdir={workdir}', '--emotion=sad', '--seed=1',
           *SMALL_FLAGS, *extra)
-
-
-def assert_one_line(result, pattern, code=2):
-  """The process exited with `code` and its last stderr line is the error, with no traceback."""
-  assert result.returncode == code, result.stderr[-3000:]
-  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
-  last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: ') and re.search(pattern, last), last
-  return last
 
 
 def leftover_temporary_files(workdir):
