@@ -11,6 +11,7 @@ the curves hold each epoch once, whatever the kill cut short.
 """
 
 import os
+import time
 from typing import Optional, Protocol, Sequence
 
 from absl import logging
@@ -50,7 +51,10 @@ class TensorBoard:
   resumed run, [(epoch, scalars)], written again after hiding everything written before.
 
   The event file is created with the first event, after the run's first outputs: a run that
-  fails before its first epoch leaves its workdir as empty as it found it."""
+  fails before its first epoch leaves its workdir as empty as it found it. tensorboardX names
+  it by the second and opens it with 'wb', so a second writer in the same second (a
+  population's result after its last epoch, a quick resume) would erase the first: the name
+  also carries the nanoseconds, which keeps every file and keeps name order time order."""
 
   def __init__(self, logdir: str, replay: Sequence = ()):
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
@@ -60,7 +64,8 @@ class TensorBoard:
   @property
   def writer(self):
     if self._writer is None:
-      self._writer = self.make(logdir=self.logdir, purge_step=1 if self.replay else None)
+      self._writer = self.make(logdir=self.logdir, purge_step=1 if self.replay else None,
+                               filename_suffix=f'.{time.time_ns() % 10**9:09d}')
       for epoch, scalars in self.replay:
         _add(self._writer, epoch, scalars)
     return self._writer

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from engine import records
+from engine import tracking
 from iemocap import files
 import run_helpers
 
@@ -105,4 +106,21 @@ def test_a_population_writes_one_series_per_member_and_the_spread(small_data_dir
   assert scalars['loss/valid/std'][3] == pytest.approx(np.std(last, ddof=1), rel=1e-4)
   assert scalars['lr/member0'][1] == pytest.approx(0.003)  # swept: one series per member
   assert scalars['factor_lr'][1] == pytest.approx(run_helpers.SMALL['factor_lr'])
+  assert 'hparams' in plugins
+
+
+def test_writers_opened_in_the_same_second_keep_their_own_files(tmp_path, monkeypatch):
+  """tensorboardX names an event file by the second: a population's result, written just after
+  its last epoch by a second writer, erased the epochs' file before names carried nanoseconds."""
+  monkeypatch.setattr(time, 'time', lambda: 1764000000.25)  # both writers in one second
+  first = tracking.open_tracker(str(tmp_path))
+  first.epoch(1, {'loss/valid': 0.5})
+  first.close()
+  second = tracking.open_tracker(str(tmp_path))
+  second.finish({'lr': 0.01}, {'f1': 0.75})
+  second.close()
+  assert len(glob.glob(str(tmp_path / 'events.out.tfevents.*'))) == 2
+  scalars, plugins = read_scalars(tmp_path)
+  assert scalars['loss/valid'] == {1: 0.5}
+  assert scalars['result/f1'][0] == pytest.approx(0.75)
   assert 'hparams' in plugins
