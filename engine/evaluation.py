@@ -39,20 +39,22 @@ def evaluation_data(checkpoint_config: Config, emotion: str, data_path: str,
 
 def evaluation_report(checkpoint_path: str, dataset: Dataset, is_synthetic: bool, split: str,
                       loss_sum: float, logits: np.ndarray, metadata: dict) -> dict:
-  """What `evaluate` prints: F1, accuracy, mean loss and N of one split."""
+  """What `evaluate` prints: the task's figures (F1 and accuracy; MAE, r, ...), mean loss and
+  N of one split."""
   labels = dataset.split(split).label
-  result = metrics.classification_metrics(labels, logits)
   return {'checkpoint': os.path.abspath(checkpoint_path), 'emotion': dataset.emotion,
-          'split': split, 'n': int(labels.shape[0]), 'f1': result['f1'],
-          'accuracy': result['accuracy'], 'loss': loss_sum / labels.shape[0],
+          'task': dataset.task, 'split': split, 'n': int(labels.shape[0]),
+          **metrics.test_figures(dataset.task, labels, logits, dataset.corpus),
+          'loss': loss_sum / labels.shape[0],
           'written_by': metadata.get('backend', 'unknown'), 'data': dataset.path,
           'synthetic': is_synthetic}
 
 
 def format_evaluation(report: dict) -> str:
   note = ' (synthetic data)' if report['synthetic'] else ''
-  return (f'{report["emotion"]} {report["split"]}{note}: n={report["n"]}  '
-          f'weighted F1 {100 * report["f1"]:.2f}  accuracy {100 * report["accuracy"]:.2f}  '
+  figures = '  '.join(f'{name} {value}' for name, value, _ in records.figure_rows(
+      {**report, 'majority_f1': None, 'majority_accuracy': None, 'baseline_mae': None}))
+  return (f'{report["emotion"]} {report["split"]}{note}: n={report["n"]}  {figures}  '
           f'loss {report["loss"]:.4f}  (checkpoint by {report["written_by"]})')
 
 

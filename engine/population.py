@@ -254,8 +254,8 @@ def train_population(config: Config, members: list, make_population: MakePopulat
     run.live = list(run.groups[run.group]) if run.group < len(run.groups) else []
     if run.group < len(run.groups):
       run.save(workdir, None, started)  # a kill now resumes at the next group
-  member_records = [member_record(m, members[m], run.progress[m], run.finished[m],
-                                   dataset.test.label) for m in range(len(members))]
+  member_records = [member_record(m, members[m], run.progress[m], run.finished[m], dataset)
+                    for m in range(len(members))]
   record = summarise(config, members, member_records, dataset, is_synthetic,
                      backend=backend_name, device=run.device,
                      throughput=_throughput(run.timings, dataset.train.n),
@@ -292,16 +292,27 @@ def _throughput(timings, n_train):
   return n_train * sum(t[1] for t in rows) / seconds if seconds else 0.0
 
 
-def member_record(member, config, progress, done, labels):
+def member_record(member, config, progress, done, dataset):
   record = {'member': member, 'seed': config.seed, **config.hparams(),
             'best_epoch': progress.stopper.best_epoch,
             'best_valid_loss': progress.stopper.best_valid_loss,
             'epochs_run': progress.epochs_run, 'stopped_by': progress.stopped_by}
   if done.arrays is None:  # never had a finite valid loss
-    return {**record, 'best_valid_loss': None, 'f1': None, 'accuracy': None, 'test_loss': None}
-  result = metrics.classification_metrics(labels, done.test_logits)
-  return {**record, 'f1': result['f1'], 'accuracy': result['accuracy'],
-          'test_loss': done.test_loss_sum / labels.shape[0]}
+    return {**record, 'best_valid_loss': None, **no_figures(dataset.task), 'test_loss': None}
+  return {**record, **protocol.test_record(dataset, done.test_logits),
+          'test_loss': done.test_loss_sum / dataset.test.n}
+
+
+def no_figures(task):
+  """The test figures of a model that has none (it diverged before its first epoch ended)."""
+  return dict.fromkeys(metrics.FIGURES[task])
+
+
+def _mean_and_spread(runs, key):
+  """{key_mean, key_std} over the runs that have the figure (None when none has)."""
+  values = [r[key] for r in runs if r.get(key) is not None]
+  return {f'{key}_mean': statistics.fmean(values) if values else None,
+          f'{key}_std': (statistics.stdev(values) if len(values) > 1 else 0.0) if values else None}
 
 
 def _setting(record):
@@ -319,34 +330,30 @@ def summarise(config: Config, members: Sequence[Config], member_records: Sequenc
   settings = {}
   for r in candidates:
     settings.setdefault(_setting(r), []).append(r)
-  spread = lambda values: statistics.stdev(values) if len(values) > 1 else 0.0
+  figures = metrics.FIGURES[dataset.task]
   summaries = []
   for runs in settings.values():
-    f1s, accuracies = [r['f1'] for r in runs], [r['accuracy'] for r in runs]
-    summaries.append({**{n: runs[0][n] for n in SWEEPABLE + SHAPE_CHANGING},
-                      'models': len(runs), 'seeds': [r['seed'] for r in runs],
-                      'valid_loss_mean': statistics.fmean(r['best_valid_loss'] for r in runs),
-                      'f1_mean': statistics.fmean(f1s), 'f1_std': spread(f1s),
-                      'accuracy_mean': statistics.fmean(accuracies),
-                      'accuracy_std': spread(accuracies)})
+    summary = {**{n: runs[0][n] for n in SWEEPABLE + SHAPE_CHANGING},
+               'models': len(runs), 'seeds': [r['seed'] for r in runs],
+               'valid_loss_mean': statistics.fmean(r['best_valid_loss'] for r in runs)}
+    for key in figures:
+      summary.update(_mean_and_spread(runs, key))
+    summaries.append(summary)
   best_setting = min(summaries, key=lambda s: s['valid_loss_mean'])
   chosen = min(settings[tuple(best_setting[n] for n in SWEEPABLE + SHAPE_CHANGING)],
                key=lambda r: r['best_valid_loss'])
-  majority_f1, majority_accuracy = metrics.majority_baseline(dataset.train.label,
-                                                             dataset.test.label)
+  per_target = {k: chosen[k] for k in ('mae_per_target', 'corr_per_target') if k in chosen}
   return {
-      'emotion': config.emotion, 'backend': backend, 'device': device,
-      'f1': chosen['f1'], 'accuracy': chosen['accuracy'], 'test_loss': chosen['test_loss'],
+      'emotion': config.emotion, 'task': dataset.task, 'backend': backend, 'device': device,
+      **{k: chosen[k] for k in figures}, **per_target, 'test_loss': chosen['test_loss'],
       'best_valid_loss': chosen['best_valid_loss'], 'best_epoch': chosen['best_epoch'],
       'epochs_run': chosen['epochs_run'], 'stopped_by': chosen['stopped_by'],
       'seed': chosen['seed'], 'chosen_member': chosen['member'],
       'selection': 'setting by mean valid loss over seeds, then its model by valid loss; '
                    'test figures never choose',
-      'majority_f1': majority_f1, 'majority_accuracy': majority_accuracy,
+      **metrics.baseline_figures(dataset.task, dataset.train.label, dataset.test.label),
       'num_models': len(members), 'models_in_setting': best_setting['models'],
-      'f1_mean': best_setting['f1_mean'], 'f1_std': best_setting['f1_std'],
-      'accuracy_mean': best_setting['accuracy_mean'],
-      'accuracy_std': best_setting['accuracy_std'],
+      **{k: best_setting[k] for key in figures for k in (f'{key}_mean', f'{key}_std')},
       'train_samples_per_s': round(throughput, 1),
       'wall_s': round(wall_s, 3), 'data': dataset.path, 'synthetic': is_synthetic,
       'n_train': dataset.train.n, 'n_valid': dataset.valid.n, 'n_test': dataset.test.n,
@@ -366,7 +373,8 @@ def write_outputs(config: Config, members: Sequence[Config], history: dict,
   rows = []
   for member_config, member in zip(members, member_records):
     header, row = records.csv_row(member_config.to_dict(), {
-        **{k: member[k] for k in ('best_valid_loss', 'test_loss', 'f1', 'accuracy')},
+        **{k: member[k] for k in ('best_valid_loss', 'test_loss',
+                                  *metrics.FIGURES[record['task']])},
         'seed': member['seed'], 'best_epoch': member['best_epoch'],
         'epochs_run': member['epochs_run'], 'stopped_by': member['stopped_by'],
         'chosen': member['member'] == record['chosen_member']})
@@ -382,7 +390,7 @@ def write_outputs(config: Config, members: Sequence[Config], history: dict,
     best_epochs[label] = member['best_epoch']
   records.plot_loss_curve(os.path.join(workdir, records.LOSS_CURVE), curves, best_epochs,
                           f'{backend} LMF, {config.emotion}: {len(members)} models, valid loss '
-                          'per epoch')
+                          'per epoch', records.LOSS_NAMES[record['task']])
   chosen = record['chosen_member']
   protocol.save_checkpoint(os.path.join(workdir, records.CHECKPOINT), best_arrays(chosen),
                            members[chosen], backend,
@@ -403,18 +411,28 @@ def write_outputs(config: Config, members: Sequence[Config], history: dict,
 
 
 def format_members(record: dict) -> str:
-  """The per-emotion summary: chosen model beside the mean and spread over models."""
+  """The per-target summary: chosen model beside the mean and spread over models."""
   setting = (f', the chosen setting\'s {record["models_in_setting"]} seeds'
              if record['models_in_setting'] != record['num_models'] else '')
+  classification = record.get('task', 'classification') == 'classification'
   lines = [f'{record["backend"]} LMF, {record["emotion"]}: {record["num_models"]} models{setting}'
-           + (' (synthetic data: not the paper\'s F1)' if record['synthetic'] else ''),
-           f'  weighted F1  mean {100 * record["f1_mean"]:.2f} +- {100 * record["f1_std"]:.2f}  '
-           f'chosen (seed {record["seed"]}, lowest valid loss) {100 * record["f1"]:.2f}  '
-           f'majority {100 * record["majority_f1"]:.2f}',
-           f'  accuracy     mean {100 * record["accuracy_mean"]:.2f} +- '
-           f'{100 * record["accuracy_std"]:.2f}  chosen {100 * record["accuracy"]:.2f}  '
-           f'majority {100 * record["majority_accuracy"]:.2f}',
-           f'  {record["train_samples_per_s"]:.0f} model-samples/s, {record["wall_s"]:.1f} s']
+           + (f' (synthetic data: not the paper\'s {"F1" if classification else "figures"})'
+              if record['synthetic'] else '')]
+  if classification:
+    lines += [f'  weighted F1  mean {100 * record["f1_mean"]:.2f} +- {100 * record["f1_std"]:.2f}  '
+              f'chosen (seed {record["seed"]}, lowest valid loss) {100 * record["f1"]:.2f}  '
+              f'majority {100 * record["majority_f1"]:.2f}',
+              f'  accuracy     mean {100 * record["accuracy_mean"]:.2f} +- '
+              f'{100 * record["accuracy_std"]:.2f}  chosen {100 * record["accuracy"]:.2f}  '
+              f'majority {100 * record["majority_accuracy"]:.2f}']
+  else:
+    lines.append(f'  MAE  mean {record["mae_mean"]:.4f} +- {record["mae_std"]:.4f}  chosen (seed '
+                 f'{record["seed"]}, lowest valid loss) {record["mae"]:.4f}  training median '
+                 f'{record["baseline_mae"]:.4f}')
+    if record['corr'] is not None and record['corr_mean'] is not None:
+      lines.append(f'  Pearson r  mean {record["corr_mean"]:.4f} +- {record["corr_std"]:.4f}  '
+                   f'chosen {record["corr"]:.4f}')
+  lines.append(f'  {record["train_samples_per_s"]:.0f} model-samples/s, {record["wall_s"]:.1f} s')
   return '\n'.join(lines)
 
 

@@ -26,8 +26,20 @@ from iemocap import files
 FORMATS = ('.csv', '.jsonl')
 
 
+# POM's traits in the 2018 train_pom.py's column order.
+POM_TRAITS = ('confidence', 'passionate', 'pleasant', 'dominant', 'credible', 'vivid',
+              'expertise', 'entertaining', 'reserved', 'trusting', 'relaxed', 'outgoing',
+              'thorough', 'nervous', 'persuasive', 'humorous')
+
+
 def class_names(config):
-  """Class names in logit order: the 2018 tasks' class 1 is the emotion present."""
+  """Output names in output order: the 2018 tasks' class 1 is the emotion present; a regression
+  model's outputs are its sentiment, or POM's traits."""
+  if config.task == 'regression':
+    if config.emotion == 'sentiment':
+      return ('sentiment',)
+    return (POM_TRAITS if config.output_dim == len(POM_TRAITS)
+            else tuple(f'trait_{i}' for i in range(config.output_dim)))
   return (f'not_{config.emotion}', config.emotion) + tuple(
       f'class_{i}' for i in range(2, config.output_dim))
 
@@ -42,8 +54,9 @@ def probabilities(logits):
 @dataclasses.dataclass(frozen=True)
 class Predictions:
   features: features_lib.Features
-  logits: np.ndarray  # (N, classes), float32
-  classes: tuple
+  logits: np.ndarray  # (N, outputs), float32: class logits, or regression values
+  classes: tuple  # output names
+  task: str = 'classification'
 
   @property
   def probabilities(self):
@@ -51,7 +64,12 @@ class Predictions:
 
   @property
   def labels(self):
-    """The predicted class name of each utterance."""
+    """The predicted class name of each utterance; for sentiment its sign as the 2018 binary
+    figures read it (a score >= 0 is positive); None for traits."""
+    if self.task == 'regression':
+      if self.classes != ('sentiment',):
+        return None
+      return ['positive' if v >= 0 else 'negative' for v in self.logits[:, 0]]
     return [self.classes[i] for i in np.argmax(self.logits, axis=1)]
 
 
@@ -86,7 +104,7 @@ class Predictor:
 
   def predict_features(self, features):
     return Predictions(features, self.logits(features.audio, features.visual, features.text),
-                       self.classes)
+                       self.classes, self.config.task)
 
   def predict(self, covarep, facet, glove, ids=None):
     """Predictions for arrays in the 2018 layout, checked and cleaned as training cleans them."""
@@ -116,15 +134,24 @@ def check_output(path, overwrite):
 
 
 def rows(predictions):
-  """One dict per utterance: id (or index), prob_<class> in class order, prediction."""
+  """One dict per utterance: id (or index), then prob_<class> in class order and prediction; a
+  regression model's `value` (value_<trait> for traits) and, for sentiment, its sign."""
   features = predictions.features
-  probs = predictions.probabilities
+  regression = predictions.task == 'regression'
+  values = predictions.logits if regression else predictions.probabilities
+  if regression:
+    names = ['value'] if predictions.classes == ('sentiment',) else [
+        f'value_{name}' for name in predictions.classes]
+  else:
+    names = [f'prob_{name}' for name in predictions.classes]
+  labels = predictions.labels
   out = []
-  for i, label in enumerate(predictions.labels):
+  for i in range(len(values)):
     row = {'id': features.ids[i]} if features.ids is not None else {'index': i}
-    for name, p in zip(predictions.classes, probs[i]):
-      row[f'prob_{name}'] = float(f'{p:.8g}')  # float32 logits: 8 digits carry all they hold
-    row['prediction'] = label
+    for name, v in zip(names, values[i]):
+      row[name] = float(f'{v:.8g}')  # float32 logits: 8 digits carry all they hold
+    if labels is not None:
+      row['prediction'] = labels[i]
     out.append(row)
   return out
 

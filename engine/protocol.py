@@ -3,7 +3,8 @@
 Each epoch: the seeded shuffle, minibatches, then the whole valid split as one
 batch in eval mode; early stopping on valid loss with patience, per model; the
 best model kept. At the end each *best* model is evaluated on test (the 2018
-code evaluated the last one), beside the majority-class baseline. A backend
+code evaluated the last one), beside a baseline (the majority class; for regression
+the MAE of the training median). A backend
 supplies a `Population` (N models of one shape, side by side); this module owns
 the order, the bookkeeping, resuming and every file a run writes.
 
@@ -246,17 +247,15 @@ def _train(config, backend, dataset, is_synthetic, on_epoch_end, progress, histo
 
   stopper = progress.stopper
   test_sum, logits = backend.evaluate('test', best=True)
-  test = metrics.classification_metrics(dataset.test.label, logits[0])
-  majority_f1, majority_accuracy = metrics.majority_baseline(dataset.train.label,
-                                                             dataset.test.label)
   record = {
-      'emotion': config.emotion, 'backend': backend.name, 'device': backend.describe_device(),
-      'f1': test['f1'], 'accuracy': test['accuracy'],
+      'emotion': config.emotion, 'task': dataset.task, 'backend': backend.name,
+      'device': backend.describe_device(), **test_record(dataset, logits[0]),
       'test_loss': early_stopping.check_finite('test loss', float(test_sum[0]) / dataset.test.n,
                                                epoch),
       'best_valid_loss': stopper.best_valid_loss, 'best_epoch': stopper.best_epoch,
       'epochs_run': len(history), 'stopped_by': progress.stopped_by,
-      'majority_f1': majority_f1, 'majority_accuracy': majority_accuracy, 'seed': config.seed,
+      **metrics.baseline_figures(dataset.task, dataset.train.label, dataset.test.label),
+      'seed': config.seed,
       'train_samples_per_s': round(_samples_per_s(history, dataset.train.n), 1),
       'epoch_s': round(statistics.median(r['epoch_s'] for r in history), 4),
       'wall_s': round(earlier_s + time.perf_counter() - started, 3),
@@ -268,10 +267,16 @@ def _train(config, backend, dataset, is_synthetic, on_epoch_end, progress, histo
     record['diverged'] = progress.diverged
   records.plot_loss_curve(os.path.join(workdir, records.LOSS_CURVE), {'run': history},
                           {'run': stopper.best_epoch},
-                          f'{backend.name} LMF, {config.emotion}: loss per epoch')
+                          f'{backend.name} LMF, {config.emotion}: loss per epoch',
+                          records.LOSS_NAMES[dataset.task])
   tracker.finish(config.hparams(), tracking.result_figures(record))
   records.write_results(workdir, config.to_dict(), record)  # results.json marks it finished
   return record
+
+
+def test_record(dataset: Dataset, outputs: np.ndarray) -> dict:
+  """A model's test figures (metrics.FIGURES of its task, per-target lists for traits)."""
+  return metrics.test_figures(dataset.task, dataset.test.label, outputs, dataset.corpus)
 
 
 def finished_record(config: Config) -> dict:

@@ -10,6 +10,8 @@ import json
 import os
 
 from engine.errors import RunError
+from iemocap import metrics
+from iemocap.data import task_of
 from iemocap.files import atomic_write, write_json, write_text
 
 RESULTS_JSON = 'results.json'
@@ -33,20 +35,34 @@ def checkpoint_in(path):
   return os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
 
 
-# The header the 2018 grid search wrote, in its order and spelling.
-CSV_2018_COLUMNS = (
+# The header the 2018 grid search wrote, in its order and spelling: train_iemocap.py's, and
+# train_mosi.py's for regression (its "multiclass accuracy" rounds without clipping; acc7 here
+# clips to [-3, 3] first, as later papers do).
+_CSV_2018_HPARAMS = (
     ('audio_hidden', 'audio_hidden'), ('video_hidden', 'video_hidden'),
     ('text_hidden', 'text_hidden'), ('audio_dropout', 'audio_dropout'),
     ('video_dropout', 'video_dropout'), ('text_dropout', 'text_dropout'),
     ('factor_learning_rate', 'factor_lr'), ('learning_rate', 'lr'), ('rank', 'rank'),
-    ('batch_size', 'batch_size'), ('weight_decay', 'weight_decay'),
-    ('Best Validation CrossEntropyLoss', 'best_valid_loss'),
-    ('Test CrossEntropyLoss', 'test_loss'), ('Test F1-score', 'f1'),
-    ('Test Accuracy Score', 'accuracy'))
+    ('batch_size', 'batch_size'), ('weight_decay', 'weight_decay'))
+CSV_2018_COLUMNS = {
+    'classification': _CSV_2018_HPARAMS + (
+        ('Best Validation CrossEntropyLoss', 'best_valid_loss'),
+        ('Test CrossEntropyLoss', 'test_loss'), ('Test F1-score', 'f1'),
+        ('Test Accuracy Score', 'accuracy')),
+    'regression': _CSV_2018_HPARAMS + (
+        ('Best Validation MAE', 'best_valid_loss'), ('Test MAE', 'mae'), ('Test Corr', 'corr'),
+        ('Test multiclass accuracy', 'acc7'), ('Test binary accuracy', 'acc2_has0'),
+        ('Test f1_score', 'f1_has0')),
+}
 # What results.json always holds (backends may add more, e.g. the device).
-RESULT_KEYS = ('emotion', 'backend', 'f1', 'accuracy', 'test_loss', 'best_valid_loss',
-               'best_epoch', 'epochs_run', 'stopped_by', 'majority_f1', 'majority_accuracy',
-               'seed', 'train_samples_per_s', 'wall_s', 'data', 'synthetic')
+_RESULT_KEYS = ('emotion', 'task', 'backend', 'test_loss', 'best_valid_loss', 'best_epoch',
+                'epochs_run', 'stopped_by', 'seed', 'train_samples_per_s', 'wall_s', 'data',
+                'synthetic')
+RESULT_KEYS = {'classification': _RESULT_KEYS + metrics.FIGURES['classification'] + (
+                   'majority_f1', 'majority_accuracy'),
+               'regression': _RESULT_KEYS + metrics.FIGURES['regression'] + ('baseline_mae',)}
+# The per-sample loss each task's curves and tables show.
+LOSS_NAMES = {'classification': 'cross-entropy', 'regression': 'L1 (MAE)'}
 
 
 def member_checkpoint(member, seed):
@@ -78,12 +94,14 @@ def read_metrics(workdir):
 
 
 def csv_row(config, record):
-  """The 2018 columns (hyperparameters, losses, F1, accuracy) followed by the other result keys."""
+  """The 2018 columns of the config's task (hyperparameters, losses, test figures) followed by
+  the other result keys."""
   values = {**config, **record}
-  header = [name for name, _ in CSV_2018_COLUMNS]
-  row = [values[key] for _, key in CSV_2018_COLUMNS]
+  columns = CSV_2018_COLUMNS[task_of(config['emotion'])]
+  header = [name for name, _ in columns]
+  row = [values[key] for _, key in columns]
   for key in record:
-    if key not in {k for _, k in CSV_2018_COLUMNS} and not isinstance(record[key], (dict, list)):
+    if key not in {k for _, k in columns} and not isinstance(record[key], (dict, list)):
       header.append(key)
       row.append(record[key])
   return header, row
@@ -91,7 +109,7 @@ def csv_row(config, record):
 
 def write_results(workdir, config, record):
   """results.csv, then results.json (one row per model: one here, one per seed in sweeps)."""
-  missing = [k for k in RESULT_KEYS if k not in record]
+  missing = [k for k in RESULT_KEYS[task_of(config['emotion'])] if k not in record]
   if missing:
     raise ValueError(f'result record lacks {missing}')
   write_csv(os.path.join(workdir, RESULTS_CSV), [csv_row(config, record)])
@@ -108,7 +126,7 @@ def write_csv(path, rows):
   write_text(path, out.getvalue())
 
 
-def plot_loss_curve(path, curves, best_epochs, title):
+def plot_loss_curve(path, curves, best_epochs, title, loss_name='cross-entropy'):
   """Train and valid loss per epoch with each best epoch marked; curves: {label: history}."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=import-outside-toplevel
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
@@ -132,7 +150,7 @@ def plot_loss_curve(path, curves, best_epochs, title):
                 linestyle='none', label='best epoch' if index == 0 else None)
   axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
   axes.set_xlabel('epoch')
-  axes.set_ylabel('cross-entropy per sample')
+  axes.set_ylabel(f'{loss_name} per sample')
   axes.set_title(title)
   axes.grid(alpha=0.3)
   axes.legend()
@@ -140,18 +158,42 @@ def plot_loss_curve(path, curves, best_epochs, title):
   atomic_write(path, lambda f: figure.savefig(f, format='png'))
 
 
+def _percent(value):
+  return '' if value is None else f'{100 * value:.2f}'
+
+
+def _plain(value):
+  return '' if value is None else f'{value:.4f}'
+
+
+def figure_rows(record):
+  """(name, model, baseline) rows of a record's test figures, as its task reports them."""
+  if record.get('task', 'classification') == 'classification':
+    return [('weighted F1', _percent(record['f1']), _percent(record['majority_f1'])),
+            ('accuracy', _percent(record['accuracy']), _percent(record['majority_accuracy']))]
+  rows = [('MAE', _plain(record['mae']), _plain(record['baseline_mae'])),
+          ('Pearson r', _plain(record['corr']), '')]
+  for key, name in (('acc2_has0', 'binary accuracy (0 positive)'),
+                    ('f1_has0', 'binary F1 (0 positive)'),
+                    ('acc2_non0', 'binary accuracy (0 left out)'),
+                    ('f1_non0', 'binary F1 (0 left out)'), ('acc7', '7-class accuracy')):
+    if record.get(key) is not None:
+      rows.append((name, _percent(record[key]), ''))
+  return rows
+
+
 def summary_table(record):
-  """The end-of-run table: the model beside the majority-class baseline."""
-  rows = [('', 'model', 'majority'),
-          ('weighted F1', f'{100 * record["f1"]:.2f}', f'{100 * record["majority_f1"]:.2f}'),
-          ('accuracy', f'{100 * record["accuracy"]:.2f}', f'{100 * record["majority_accuracy"]:.2f}'),
+  """The end-of-run table: the model beside the baseline (majority class; training median)."""
+  baseline = 'majority' if record.get('task', 'classification') == 'classification' else 'median'
+  rows = [('', 'model', baseline), *figure_rows(record),
           ('test loss', f'{record["test_loss"]:.4f}', ''),
           ('best valid loss', f'{record["best_valid_loss"]:.4f} (epoch {record["best_epoch"]})', ''),
           ('epochs run', f'{record["epochs_run"]} ({record["stopped_by"]})', ''),
           ('train samples/s', f'{record["train_samples_per_s"]:.0f}', '')]
   widths = [max(len(row[i]) for row in rows) for i in range(3)]
   lines = [f'{record["backend"]} LMF, {record["emotion"]}, seed {record["seed"]}'
-           + (' (synthetic data: not the paper\'s F1)' if record['synthetic'] else '')]
+           + (f' (synthetic data: not the paper\'s {"F1" if baseline == "majority" else "figures"})'
+              if record['synthetic'] else '')]
   for row in rows:
     lines.append('  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
   if record.get('diverged'):

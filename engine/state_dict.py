@@ -85,9 +85,10 @@ def check_fits_in_memory(config, input_dims=DEFAULT_INPUT_DIMS, models=1):
                       f'{have / 2**30:.1f} GiB: lower the hidden sizes or --rank')
 
 
-def check(arrays, config, input_dims=DEFAULT_INPUT_DIMS, what='state_dict'):
-  """Fails naming the first missing, unexpected or mis-shaped key."""
-  expected = shapes(config, input_dims)
+def check(arrays, config, dims=None, what='state_dict'):
+  """Fails naming the first missing, unexpected or mis-shaped key; `dims`: the model's input
+  sizes (default: the arrays' own, for data of any feature sizes)."""
+  expected = shapes(config, dims or input_dims(arrays))
   missing = [k for k in expected if k not in arrays]
   if missing:
     raise CheckpointError(f'{what} lacks {missing[0]}' + (
@@ -163,21 +164,23 @@ def bare_config(arrays, emotion, path):
 
   Every size LMF needs is read from the tensors' shapes; what only training uses (learning
   rates, dropouts, batch size) is `emotion`'s preset. The file does not record its emotion, so
-  the caller must name it.
+  a two-class model's caller must name it; one output is a sentiment model, more are traits.
   """
   what = f'{path} (a bare 2018 state_dict)'
-  if not emotion:
+  outputs = _dim(arrays, 'fusion_bias', 1, what)
+  if not emotion and outputs == 2:
     raise CheckpointError(f'{what} does not record which emotion it was trained for: pass '
                           f'--emotion={"|".join(data_lib.EMOTIONS)}')
+  # One output: the 2018 train_mosi.py's sentiment; more: train_pom.py's traits.
+  emotion = emotion or ('sentiment' if outputs == 1 else 'traits')
+  if (data_lib.task_of(emotion) == 'classification') != (outputs == 2):
+    raise CheckpointError(f'{what} has {outputs} output(s), which a {emotion} model cannot have '
+                          '(an emotion: 2 classes; sentiment: 1; traits: one each)')
   sizes = {'audio_hidden': _dim(arrays, 'audio_subnet.linear_1.weight', 0, what),
            'video_hidden': _dim(arrays, 'video_subnet.linear_1.weight', 0, what),
            'text_hidden': _dim(arrays, 'text_subnet.rnn.weight_hh_l0', 1, what),
-           'rank': _dim(arrays, 'audio_factor', 0, what),
-           'output_dim': _dim(arrays, 'fusion_bias', 1, what)}
+           'rank': _dim(arrays, 'audio_factor', 0, what), 'output_dim': outputs}
   text_out = _dim(arrays, 'text_subnet.linear_1.weight', 0, what)
-  if sizes['output_dim'] == 1:
-    raise CheckpointError(f'{what} is a regression model (one output, as the 2018 code trained '
-                          'for CMU-MOSI): this project predicts IEMOCAP\'s emotion classes only')
   if text_out != sizes['text_hidden'] // 2:
     raise CheckpointError(f'{what} has text_out {text_out} with an LSTM of {sizes["text_hidden"]}: '
                           'the 2018 IEMOCAP code and this project use text_out = text_hidden // 2')

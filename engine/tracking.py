@@ -16,6 +16,8 @@ from typing import Optional, Protocol, Sequence
 
 from absl import logging
 
+from iemocap import metrics
+
 INSTALL = ('install the tensorboard extra (python3 run.py installs it; or pip install -e '
            '".[tensorboard]")')
 
@@ -105,8 +107,10 @@ def open_tracker(logdir: str, replay: Sequence = ()) -> Tracker:
 
 def result_figures(record: dict) -> dict:
   """The figures of results.json a run's hyperparameters are compared on."""
-  keys = ('f1', 'accuracy', 'test_loss', 'best_valid_loss', 'best_epoch', 'f1_mean', 'f1_std')
-  return {k: record[k] for k in keys if k in record}
+  figures = metrics.FIGURES[record.get('task', 'classification')]
+  keys = figures + ('test_loss', 'best_valid_loss', 'best_epoch') + tuple(
+      f'{k}_{s}' for k in figures for s in ('mean', 'std'))
+  return {k: record[k] for k in keys if record.get(k) is not None}
 
 
 def group_logdir(workdir: str, group: int, groups: int) -> str:

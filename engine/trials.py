@@ -26,6 +26,7 @@ from engine import records
 from engine import state_dict
 from engine.errors import Interrupted, StopRequested
 from flags.config import Config
+from iemocap import metrics
 from iemocap.data import Dataset
 from iemocap.files import read_json
 
@@ -159,16 +160,17 @@ def _trial_results(trial: Trial, no_model: Optional[str]):
   as engine.population records them (a single run's files, or a pack's population files)."""
   if no_model:
     return [({'member': m, 'seed': c.seed, **c.hparams(), 'best_epoch': 0,
-              'best_valid_loss': None, 'epochs_run': 1, 'stopped_by': 'diverged', 'f1': None,
-              'accuracy': None, 'test_loss': None, 'diverged': no_model}, [], None)
+              'best_valid_loss': None, 'epochs_run': 1, 'stopped_by': 'diverged',
+              **population.no_figures(c.task), 'test_loss': None, 'diverged': no_model}, [], None)
             for m, c in zip(trial.members, trial.configs)]
   result = read_json(os.path.join(trial.config.workdir, records.RESULTS_JSON))
   rows = records.read_metrics(trial.config.workdir)
   if 'members' not in result:  # a single run
-    keys = ('best_epoch', 'best_valid_loss', 'epochs_run', 'stopped_by', 'f1', 'accuracy',
-            'test_loss', 'train_samples_per_s', 'device')
+    keys = ('best_epoch', 'best_valid_loss', 'epochs_run', 'stopped_by', 'test_loss',
+            'train_samples_per_s', 'device', *metrics.FIGURES[trial.config.task],
+            'mae_per_target', 'corr_per_target')
     record = {'member': trial.members[0], 'seed': trial.config.seed, **trial.config.hparams(),
-              **{k: result[k] for k in keys}}
+              **{k: result[k] for k in keys if k in result}}
     return [(record, rows, os.path.join(trial.config.workdir, records.CHECKPOINT))]
   out = []
   for local, member in enumerate(trial.members):

@@ -8,14 +8,14 @@ import numbers
 
 from flags.errors import ConfigError
 from flags.presets import HPARAMS, INT_HPARAMS
-from iemocap.data import normalize_emotion
+from iemocap.data import normalize_emotion, task_of
 from iemocap.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Everything that determines a run's result (the workdir and run modes aside)."""
-  emotion: str
+  emotion: str  # the target: an IEMOCAP emotion, or `sentiment` / `traits` (regression)
   audio_hidden: int
   video_hidden: int
   text_hidden: int
@@ -31,7 +31,7 @@ class Config:
   workdir: str = ''  # empty: runs/<backend>-<emotion>-<fingerprint>
   epochs: int = 500
   patience: int = 20
-  output_dim: int = 2
+  output_dim: int = 0  # 0: the target's (2 classes; 1 sentiment score); traits need theirs
   seed: int = 0
 
   def __post_init__(self):
@@ -44,6 +44,8 @@ class Config:
     for name in ('data_path', 'workdir'):
       if not isinstance(getattr(self, name), str):
         raise ConfigError(f'{name} must be a path (a string), got {getattr(self, name)!r}')
+    if self.output_dim == 0 and self.emotion != 'traits':
+      object.__setattr__(self, 'output_dim', 2 if self.task == 'classification' else 1)
     for name in INT_HPARAMS + ('epochs', 'patience', 'output_dim', 'seed'):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -70,7 +72,9 @@ class Config:
         ('batch_size', self.batch_size >= 2, 'must be >= 2 (BatchNorm cannot train on one sample)'),
         ('epochs', self.epochs >= 1, 'must be >= 1'),
         ('patience', self.patience >= 1, 'must be >= 1'),
-        ('output_dim', self.output_dim >= 2, 'must be >= 2 (emotion absent, present)'),
+        ('output_dim', self.output_dim >= 2, 'must be >= 2 (emotion absent, present)')
+        if self.task == 'classification' else
+        ('output_dim', self.output_dim >= 1, f'must be >= 1 (one per {self.emotion} value)'),
         ('seed', 0 <= self.seed < 2**32, 'must be in [0, 2**32) (JAX keys hold 32 bits)'),
         ('factor_lr', self.factor_lr > 0, 'must be > 0'),
         ('lr', self.lr > 0, 'must be > 0'),
@@ -81,6 +85,11 @@ class Config:
     for name, ok, rule in rules:
       if not ok:
         raise ConfigError(f'{name}={getattr(self, name)!r} {rule}')
+
+  @property
+  def task(self):
+    """'classification' (an IEMOCAP emotion) or 'regression' (sentiment, traits)."""
+    return task_of(self.emotion)
 
   @property
   def text_out(self):

@@ -15,7 +15,9 @@ from absl import flags
 from flags import presets
 from flags.config import Config
 from flags.errors import ConfigError
-from iemocap.data import EMOTIONS, normalize_emotion
+from iemocap.synthetic_formats import POM_TRAITS
+from iemocap import formats
+from iemocap.data import EMOTIONS, REGRESSION_TARGETS, normalize_emotion
 from iemocap.errors import DataError
 
 _PRESET_HELP = ' (default: the emotion\'s preset)'
@@ -25,9 +27,12 @@ FLAGS = flags.FLAGS
 def define_data_flags(flag_values=FLAGS):
   """--emotion and --data_path (alias --data_url): what every command that reads data takes."""
   where = {'flag_values': flag_values}
-  flags.DEFINE_string('emotion', 'neutral',
-                      f'Emotion task: {"|".join(EMOTIONS)}; the seed\'s spellings b\'sad\' and '
-                      '"b\'sad\'" work too.', **where)
+  flags.DEFINE_string('emotion', '',
+                      f'What to learn: an IEMOCAP emotion ({"|".join(EMOTIONS)}; the seed\'s '
+                      'spellings b\'sad\' and "b\'sad\'" work too), or a regression set\'s '
+                      f'target ({"|".join(REGRESSION_TARGETS)}). Empty: the data\'s (neutral '
+                      'for IEMOCAP, as the seed; sentiment for CMU-MOSI/MOSEI and CH-SIMS; '
+                      'traits for POM).', **where)
   flags.DEFINE_string('data_path', '', 'iemocap.pkl / iemocap.npz, MulT\'s iemocap_data.pkl, or a '
                       'directory holding one (`python -m iemocap inspect` tells what a file '
                       'holds); empty: the synthetic stand-in (generated once, then cached).',
@@ -48,7 +53,8 @@ def define_training_flags(flag_values=FLAGS):
   flags.DEFINE_integer('epochs', 500, 'Maximum number of epochs.', **where)
   flags.DEFINE_integer('patience', 20, 'Stop after this many epochs without a lower valid loss.',
                        **where)
-  flags.DEFINE_integer('output_dim', 2, 'Model outputs (2: emotion absent / present).', **where)
+  flags.DEFINE_integer('output_dim', 0, 'Model outputs; 0: the task\'s (2 for an emotion: absent '
+                       '/ present; 1 sentiment score; one per POM trait in the file).', **where)
   flags.DEFINE_integer('seed', 0, 'Seed of the initialisation, dropout and batch order.', **where)
   for name in presets.HPARAMS:
     define = flags.DEFINE_integer if name in presets.INT_HPARAMS else flags.DEFINE_float
@@ -81,23 +87,33 @@ def define_population_flags(flag_values=FLAGS):
 
 
 def config_from_flags(values=FLAGS, emotion=None):
-  """The run's Config: preset < --para_path < explicit flags (`emotion` overrides --emotion)."""
+  """The run's Config: preset < --para_path < explicit flags (`emotion` overrides --emotion).
+  Without an emotion, and for the outputs of POM's traits, the data file decides."""
+  # Absolute, so the saved config (and the checkpoint's) still finds the data from elsewhere.
+  data_path = os.path.abspath(os.path.expanduser(values.data_path)) if values.data_path else ''
   try:
-    emotion = normalize_emotion(emotion or values.emotion)
+    source = formats.peek(data_path) if data_path and not (emotion or values.emotion) else None
+    emotion = normalize_emotion(emotion or values.emotion or (
+        formats.default_target(source) if source else 'neutral'))
+    output_dim = values.output_dim
+    if emotion == 'traits' and not output_dim:
+      output_dim = formats.label_columns(source or formats.peek(data_path)) if data_path else (
+          POM_TRAITS)
   except DataError as e:
     raise ConfigError(str(e)) from None
   if values.perf_steps < 0:
     raise ConfigError(f'--perf_steps={values.perf_steps} must be >= 0 (0 trains; N times N steps)')
   hparams = presets.preset(emotion)
   if values.para_path:
+    if emotion not in EMOTIONS:
+      raise ConfigError(f'--para_path holds the four emotions\' settings; {emotion} has none '
+                        'there: pass its hyperparameters as flags instead')
     hparams.update(presets.read_param_csv(values.para_path)[emotion])
   for name in presets.HPARAMS:
     if values[name].value is not None:
       hparams[name] = values[name].value
-  # Absolute, so the saved config (and the checkpoint's) still finds the data from elsewhere.
-  data_path = os.path.abspath(os.path.expanduser(values.data_path)) if values.data_path else ''
   return Config(emotion=emotion, data_path=data_path, workdir=values.workdir,
-                epochs=values.epochs, patience=values.patience, output_dim=values.output_dim,
+                epochs=values.epochs, patience=values.patience, output_dim=output_dim,
                 seed=values.seed, **hparams)
 
 

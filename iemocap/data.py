@@ -18,6 +18,10 @@ from iemocap import pickle_io
 from iemocap.errors import DataError
 
 EMOTIONS = ('happy', 'sad', 'angry', 'neutral')
+# What a run learns: an IEMOCAP emotion (binary classification), or a regression set's target:
+# one sentiment score (CMU-MOSI, CMU-MOSEI, CH-SIMS) or every trait of POM at once.
+REGRESSION_TARGETS = ('sentiment', 'traits')
+TARGETS = EMOTIONS + REGRESSION_TARGETS
 SPLITS = ('train', 'valid', 'test')
 # Our modality names and the keys the 2018 file stores them under.
 FILE_KEYS = {'audio': 'covarep', 'visual': 'facet', 'text': 'glove', 'label': 'label'}
@@ -29,7 +33,8 @@ NPZ_NAME = 'iemocap.npz'
 
 
 def normalize_emotion(spelling):
-  """Maps `sad`, `b'sad'`, `"b'sad'"` (the seed's command line) and b'sad' to 'sad'.
+  """Maps `sad`, `b'sad'`, `"b'sad'"` (the seed's command line) and b'sad' to 'sad'; a
+  regression target (`sentiment`, `traits`) is kept as it is.
 
   `bsad` is accepted too: it is what a shell makes of the seed's unquoted `--emotion=b'sad'`.
   """
@@ -42,11 +47,17 @@ def normalize_emotion(spelling):
     if text[:2] in ("b'", 'b"') and text[-1:] == text[1]:
       text = text[2:-1]
   text = text.lower()
-  if text not in EMOTIONS and text[:1] == 'b' and text[1:] in EMOTIONS:
+  if text not in TARGETS and text[:1] == 'b' and text[1:] in EMOTIONS:
     text = text[1:]
-  if text not in EMOTIONS:
-    raise DataError(f'unknown emotion {spelling!r}: choose one of {", ".join(EMOTIONS)}')
+  if text not in TARGETS:
+    raise DataError(f'unknown emotion {spelling!r}: choose one of {", ".join(EMOTIONS)} '
+                    f'(IEMOCAP), or {" or ".join(REGRESSION_TARGETS)} (regression sets)')
   return text
+
+
+def task_of(target):
+  """'classification' for an IEMOCAP emotion, 'regression' for a regression set's target."""
+  return 'regression' if target in REGRESSION_TARGETS else 'classification'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,11 +76,12 @@ class Replaced:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split of one emotion task, cleaned: float32 features and int64 class ids."""
-  audio: np.ndarray  # (N, 74) COVAREP
+  """One split of one task, cleaned: float32 features; int64 class ids for an emotion, float32
+  targets for regression (the dtype tells the backends' loss which it is)."""
+  audio: np.ndarray  # (N, 74) COVAREP (other sizes in other sets)
   visual: np.ndarray  # (N, 35) FACET
-  text: np.ndarray  # (N, T, 300) GloVe
-  label: np.ndarray  # (N,) 1 = the emotion is present
+  text: np.ndarray  # (N, T, 300) GloVe (BERT features in MMSA files)
+  label: np.ndarray  # (N,) 1 = the emotion is present; regression: (N, K) float32
   audio_replaced: Replaced = Replaced()
   visual_replaced: Replaced = Replaced()
 
@@ -100,11 +112,21 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  emotion: str
+  emotion: str  # the target: an IEMOCAP emotion, or a regression set's (see TARGETS)
   path: str
   train: Split
   valid: Split
   test: Split
+  corpus: str = 'IEMOCAP'  # the set the file holds: CMU-MOSI, CMU-MOSEI, CH-SIMS, POM, ...
+
+  @property
+  def task(self):
+    return task_of(self.emotion)
+
+  @property
+  def outputs(self):
+    """The model outputs the task needs: 2 classes, or one per regression target column."""
+    return 2 if self.task == 'classification' else int(self.train.label.shape[1])
 
   def split(self, name):
     if name not in SPLITS:

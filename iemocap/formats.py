@@ -39,7 +39,8 @@ MMSA_KEYS = ('raw_text', 'audio', 'vision', 'id', 'text', 'text_bert', 'annotati
              'regression_labels')
 # The splits of the papers that introduced each set's processed features (train, valid, test).
 PAPER_SPLITS = {'IEMOCAP': (2717, 798, 938), 'CMU-MOSI': (1284, 229, 686),
-                'CMU-MOSEI': (16326, 1871, 4659), 'CH-SIMS': (1368, 456, 457)}
+                'CMU-MOSEI': (16326, 1871, 4659), 'CH-SIMS': (1368, 456, 457),
+                'POM': (600, 100, 203)}
 # Feature sizes (audio, visual) that name a set, as the processed releases have them.
 _SETS_BY_DIMS = {(5, 20): 'CMU-MOSI', (74, 47): 'CMU-MOSI', (74, 46): 'CMU-MOSI',
                  (74, 35): 'CMU-MOSEI', (33, 709): 'CH-SIMS'}
@@ -314,15 +315,78 @@ def mult_iemocap_raw(source):
 
 
 def load(path, emotion):
-  """The three validated splits of one emotion task from any IEMOCAP file (the 2018 pickle or
-  npz, MulT's iemocap_data.pkl); any other set is refused in one line."""
+  """The three validated splits of one task from any file `read` detects: an IEMOCAP emotion
+  (the 2018 pickle or npz, MulT's iemocap_data.pkl), or a regression set's target (`sentiment`,
+  or POM's `traits`); a target the file does not hold is refused in one line."""
+  source = _take_recent(path)
+  emotion = data_lib.normalize_emotion(emotion)
+  if source.is_iemocap:
+    if emotion not in data_lib.EMOTIONS:
+      raise DataError(f'{source.path} holds IEMOCAP emotions, not {emotion}: pass --emotion='
+                      f'{"|".join(data_lib.EMOTIONS)}')
+    raw = mult_iemocap_raw(source) if source.format == MULT else source.raw
+    return data_lib.build_dataset(raw, emotion, source.path)
+  target = default_target(source)
+  if emotion != target:
+    raise DataError(f'{source.path} holds {source.task} ({source.format} format), whose target '
+                    f'is {target}: pass --emotion={target} or leave --emotion out')
+  regression = load_regression(source)
+  splits = {}
+  for name, split in regression.splits.items():
+    # Sentiment is column 0: CH-SIMS's unimodal T, A, V labels that follow it are not trained.
+    label = split.label[:, :1] if target == 'sentiment' else split.label
+    splits[name] = data_lib.Split(audio=split.audio, visual=split.visual, text=split.text,
+                                  label=label, audio_replaced=split.audio_replaced,
+                                  visual_replaced=split.visual_replaced)
+  dims = {name: (s.audio.shape[1], s.visual.shape[1], s.text.shape[2], s.label.shape[1])
+          for name, s in splits.items()}
+  if len(set(dims.values())) != 1:
+    raise DataError(f'{source.path}: the splits hold different sizes (audio, visual, text, '
+                    f'labels) {dims}: the splits must match')
+  return data_lib.Dataset(emotion=target, path=source.path, corpus=source.dataset, **splits)
+
+
+def default_target(source):
+  """What a run on `source` learns when --emotion is not given: neutral (the seed's default)
+  for IEMOCAP, every trait for POM, the sentiment score otherwise."""
+  if source.is_iemocap:
+    return 'neutral'
+  return 'traits' if source.dataset == 'POM' else 'sentiment'
+
+
+def label_columns(source):
+  """Regression targets per utterance in a non-IEMOCAP source (POM: one per trait)."""
+  split = load_regression(source).splits['train']
+  return int(split.label.shape[1])
+
+
+# The last source `peek` read, so the load right after it does not read the file again.
+_recent = {}
+
+
+def _identity(path):
+  resolved = data_lib.resolve_path(path)
+  try:
+    stat = os.stat(resolved)
+  except OSError:
+    return None
+  return (os.path.realpath(resolved), stat.st_mtime_ns, stat.st_size)
+
+
+def peek(path):
+  """`read(path)`, kept for the next `load` of the same unchanged file (a config decides its
+  target and outputs from the file, then the run loads it)."""
   source = read(path)
-  if not source.is_iemocap:
-    raise DataError(f'{source.path} holds {source.task} ({source.format} format); this release '
-                    'trains IEMOCAP emotion classification only (regression is issue 13\'s next '
-                    f'step): `python -m iemocap inspect {source.path}` describes it')
-  raw = mult_iemocap_raw(source) if source.format == MULT else source.raw
-  return data_lib.build_dataset(raw, emotion, source.path)
+  _recent.clear()
+  key = _identity(path)
+  if key is not None:
+    _recent[key] = source
+  return source
+
+
+def _take_recent(path):
+  source = _recent.pop(_identity(path), None) if _recent else None
+  return source if source is not None else read(path)
 
 
 def load_regression(source):

@@ -38,3 +38,68 @@ def classification_metrics(labels, logits):
   """F1 and accuracy of the argmax of `logits` (N, classes)."""
   predictions = np.argmax(np.asarray(logits), axis=-1)
   return {'f1': weighted_f1(labels, predictions), 'accuracy': accuracy(labels, predictions)}
+
+
+# What a test split is scored by, per task, in results.json's names; a population reports each
+# one's mean and spread over its chosen setting's seeds.
+FIGURES = {'classification': ('f1', 'accuracy'),
+           'regression': ('mae', 'corr', 'acc2_has0', 'f1_has0', 'acc2_non0', 'f1_non0', 'acc7')}
+# Sets whose sentiment is a [-3, 3] score, where 7-class accuracy is reported.
+SEVEN_CLASS_SETS = ('CMU-MOSI', 'CMU-MOSEI')
+
+
+def pearson(a, b):
+  """Pearson's r, or None where it is undefined (a constant side)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  a, b = a - a.mean(), b - b.mean()
+  denominator = np.sqrt((a * a).sum() * (b * b).sum())
+  return float((a * b).sum() / denominator) if denominator > 0 else None
+
+
+def regression_metrics(labels, outputs, corpus=''):
+  """The 2018 `train_mosi.py` figures of (N, K) predictions, under this project's names.
+
+  `mae` and `corr` (Pearson, the mean over columns when K > 1, None if a column is constant);
+  for one target also binary accuracy and weighted F1 in both conventions papers use: `_has0`
+  counts a zero label as positive (y >= 0 against prediction >= 0, the 2018 code's), `_non0`
+  leaves zero labels out (y > 0 against prediction > 0, MulT's and MMSA's); and `acc7`, both
+  sides clipped to [-3, 3] and rounded, for the sets scored on that scale (None elsewhere). With
+  several targets (POM's traits) the per-target MAE and r come as lists.
+  """
+  labels = np.asarray(labels, np.float64).reshape(len(labels), -1)
+  outputs = np.asarray(outputs, np.float64).reshape(labels.shape)
+  columns = [pearson(outputs[:, k], labels[:, k]) for k in range(labels.shape[1])]
+  result = {'mae': float(np.mean(np.abs(outputs - labels))),
+            'corr': None if None in columns else float(np.mean(columns)),
+            'acc2_has0': None, 'f1_has0': None, 'acc2_non0': None, 'f1_non0': None, 'acc7': None}
+  if labels.shape[1] > 1:
+    result['mae_per_target'] = np.mean(np.abs(outputs - labels), axis=0).tolist()
+    result['corr_per_target'] = columns
+    return result
+  y, p = labels[:, 0], outputs[:, 0]
+  result['acc2_has0'], result['f1_has0'] = accuracy(y >= 0, p >= 0), weighted_f1(y >= 0, p >= 0)
+  nonzero = y != 0
+  if nonzero.any():
+    result['acc2_non0'] = accuracy(y[nonzero] > 0, p[nonzero] > 0)
+    result['f1_non0'] = weighted_f1(y[nonzero] > 0, p[nonzero] > 0)
+  if corpus in SEVEN_CLASS_SETS:
+    result['acc7'] = accuracy(np.round(np.clip(y, -3, 3)), np.round(np.clip(p, -3, 3)))
+  return result
+
+
+def test_figures(task, labels, outputs, corpus=''):
+  """The figures of `FIGURES[task]` (and per-target lists) of a split's model outputs."""
+  if task == 'regression':
+    return regression_metrics(labels, outputs, corpus)
+  return classification_metrics(labels, outputs)
+
+
+def baseline_figures(task, train_labels, test_labels):
+  """What a model must beat: the majority class's F1 and accuracy; for regression the MAE of
+  the constant that minimises the training split's MAE (its median, per target)."""
+  if task == 'regression':
+    train = np.asarray(train_labels, np.float64).reshape(len(train_labels), -1)
+    test = np.asarray(test_labels, np.float64).reshape(len(test_labels), -1)
+    return {'baseline_mae': float(np.mean(np.abs(test - np.median(train, axis=0))))}
+  majority_f1, majority_accuracy = majority_baseline(train_labels, test_labels)
+  return {'majority_f1': majority_f1, 'majority_accuracy': majority_accuracy}

@@ -19,12 +19,18 @@ from iemocap import data as data_lib
 from iemocap import files
 from iemocap import synthetic
 
-FORMATS = ('mult-iemocap', 'mult-mosi', 'mmsa-mosi', 'mmsa-sims', 'csd-mosi')
+FORMATS = ('mult-iemocap', 'mult-mosi', 'mmsa-mosi', 'mmsa-sims', 'csd-mosi', 'lmf2018-mosi',
+           'lmf2018-pom')
 DEFAULT_SIZES = (48, 16, 24)
 # Where each stand-in is written under --out, by its release's name.
 FILE_NAMES = {'mult-iemocap': 'iemocap_data.pkl', 'mult-mosi': 'mosi_data.pkl',
               'mmsa-mosi': 'unaligned_50.pkl', 'mmsa-sims': 'unaligned_39.pkl',
-              'csd-mosi': 'csd-mosi'}
+              'csd-mosi': 'csd-mosi', 'lmf2018-mosi': 'mosi.pkl', 'lmf2018-pom': 'pom.pkl'}
+# The runnable default of each regression target (no --data_path): the 2018 layout at the
+# sizes of the splits the 2018 code used (MOSI as in the LMF paper; POM as in MFN's).
+DEFAULT_REGRESSION = {'sentiment': ('lmf2018-mosi', (1284, 229, 686)),
+                      'traits': ('lmf2018-pom', (600, 100, 203))}
+POM_TRAITS = 16
 CSD_FILES = {'audio': ('CMU_MOSI_COVAREP', 74), 'visual': ('CMU_MOSI_Visual_Facet_41', 47),
              'text': ('CMU_MOSI_TimestampedWordVectors', 300),
              'labels': ('CMU_MOSI_Opinion_Labels', 1)}
@@ -64,8 +70,20 @@ def _hidden(rng, n):
   return z, score
 
 
-def _sequences(rng, z, n, steps, dim, lengths=None, scale=1.0):
-  direction = rng.normal(size=dim)
+class _Directions:
+  """One random direction per modality, drawn on first use and shared by every split, so the
+  planted signal learnt on train is the one valid and test hold."""
+
+  def __init__(self, rng):
+    self.rng, self.drawn = rng, {}
+
+  def __call__(self, modality, dim):
+    if modality not in self.drawn:
+      self.drawn[modality] = self.rng.normal(size=dim)
+    return self.drawn[modality]
+
+
+def _sequences(rng, z, n, steps, dim, direction, lengths=None, scale=1.0):
   base = rng.normal(0.0, 0.5, size=(n, steps, dim)) + z[:, None, None] * direction * scale
   if lengths is not None:
     base[np.arange(steps)[None, :] >= lengths[:, None]] = 0.0  # padded at the end
@@ -76,14 +94,16 @@ def mult_mosi(seed, sizes):
   """mosi_data.pkl: text (N,50,300), audio (N,50,5), vision (N,50,20), labels (N,1,1) in
   [-3, 3], id (N, 3) bytes (video, start, end) as MulT's loader decodes them."""
   rng = np.random.default_rng(seed)
+  directions = _Directions(rng)
   out = {}
   for split, n in zip(data_lib.SPLITS, sizes):
     z, score = _hidden(rng, n)
-    audio = _sequences(rng, z[0], n, 50, 5)
+    audio = _sequences(rng, z[0], n, 50, 5, directions('audio', 5))
     audio[rng.random(audio.shape) < 1e-3] = -np.inf  # MulT's audio holds -inf
     out[split] = {
-        'text': _sequences(rng, z[2], n, 50, 300, scale=0.2), 'audio': audio,
-        'vision': _sequences(rng, z[1], n, 50, 20),
+        'text': _sequences(rng, z[2], n, 50, 300, directions('text', 300), scale=0.2),
+        'audio': audio,
+        'vision': _sequences(rng, z[1], n, 50, 20, directions('vision', 20)),
         'labels': np.clip(score * 1.5, -3, 3).astype(np.float32).reshape(n, 1, 1),
         'id': np.array([[f'vid{split}{i // 4}'.encode(), f'{i % 4}'.encode(), b'0']
                         for i in range(n)], dtype=object)}
@@ -96,6 +116,7 @@ def mmsa(seed, sizes, sims=False):
   rng = np.random.default_rng(seed)
   steps, audio_shape, vision_shape = ((39, (400, 33), (55, 709)) if sims
                                       else (50, (375, 5), (500, 20)))
+  directions = _Directions(rng)
   out = {}
   for split, n in zip(data_lib.SPLITS, sizes):
     z, score = _hidden(rng, n)
@@ -105,10 +126,12 @@ def mmsa(seed, sizes, sims=False):
     mask = (np.arange(steps)[None, :] < rng.integers(5, steps + 1, size=(n, 1))).astype(np.int64)
     record = {
         'raw_text': np.array([f'utterance {i}' for i in range(n)], dtype=object),
-        'audio': _sequences(rng, z[0], n, *audio_shape, lengths=audio_lengths),
-        'vision': _sequences(rng, z[1], n, *vision_shape, lengths=vision_lengths),
+        'audio': _sequences(rng, z[0], n, *audio_shape, directions('audio', audio_shape[1]),
+                            lengths=audio_lengths),
+        'vision': _sequences(rng, z[1], n, *vision_shape, directions('vision', vision_shape[1]),
+                             lengths=vision_lengths),
         'id': np.array([f'video{i // 4}$_${i % 4}' for i in range(n)], dtype=object),
-        'text': _sequences(rng, z[2], n, steps, 768, scale=0.3),
+        'text': _sequences(rng, z[2], n, steps, 768, directions('text', 768), scale=0.3),
         'text_bert': np.stack([rng.integers(1000, 30000, size=(n, steps)) * mask, mask,
                                np.zeros((n, steps), np.int64)], axis=1),
         'audio_lengths': [int(x) for x in audio_lengths],
@@ -119,6 +142,33 @@ def mmsa(seed, sizes, sims=False):
       for m, index in zip('TAV', (2, 0, 1)):
         record[f'regression_labels_{m}'] = np.tanh(z[index] / 2).astype(np.float32)
     out[split] = record
+  return out
+
+
+def lmf2018(seed, sizes, pom=False):
+  """The 2018 code's mosi.pkl / pom.pkl: data[split] with covarep (N,74) (POM: 43), facet
+  (N,47) (POM: 43), glove (N,20,300) and label: a [-3, 3] sentiment (N,1), or POM's 16 traits
+  on its 1-7 scale (N,16); a few NaN and -inf in covarep, as the released files hold."""
+  rng = np.random.default_rng(seed)
+  audio_dim, visual_dim = (43, 43) if pom else (74, 47)
+  directions = _Directions(rng)
+  trait_weights = rng.normal(size=(4, POM_TRAITS))
+  out = {}
+  for split, n in zip(data_lib.SPLITS, sizes):
+    z, score = _hidden(rng, n)
+    audio = z[0][:, None] * directions('audio', audio_dim) + rng.normal(0, 0.5, (n, audio_dim))
+    audio[rng.random(audio.shape) < 1e-3] = np.nan
+    audio[rng.random(audio.shape) < 1e-3] = -np.inf
+    visual = z[1][:, None] * directions('vision', visual_dim) + rng.normal(
+        0, 0.5, (n, visual_dim))
+    if pom:
+      hidden = np.stack([score, z[0], z[1], z[2]], axis=1) / 2
+      label = np.clip(4 + 1.5 * np.tanh(hidden @ trait_weights), 1, 7)
+    else:
+      label = np.clip(score * 1.5, -3, 3)[:, None]
+    out[split] = {'covarep': audio.astype(np.float32), 'facet': visual.astype(np.float32),
+                  'glove': _sequences(rng, z[2], n, 20, 300, directions('text', 300), scale=0.2),
+                  'label': label.astype(np.float32)}
   return out
 
 
@@ -182,11 +232,28 @@ def write(fmt, out_dir, seed, sizes, overwrite=False):
       csd_mosi(path, seed, sizes)
       return path
     builders = {'mult-iemocap': mult_iemocap, 'mult-mosi': mult_mosi, 'mmsa-mosi': mmsa,
-                'mmsa-sims': lambda s, z: mmsa(s, z, sims=True)}
+                'mmsa-sims': lambda s, z: mmsa(s, z, sims=True), 'lmf2018-mosi': lmf2018,
+                'lmf2018-pom': lambda s, z: lmf2018(s, z, pom=True)}
     blob = _pickle(builders[fmt](seed, sizes))
     files.atomic_write(path, lambda f: f.write(blob))
     synthetic.mark(path, {'generator': synthetic.GENERATOR, 'version': synthetic.VERSION,
                           'seed': seed, 'sizes': list(sizes), 'format': fmt})
   except OSError as e:
     raise data_lib.write_error(path, e, 'choose a writable directory (--out)') from None
+  return path
+
+
+def default_path(target, seed=synthetic.DEFAULT_SEED):
+  """The cached synthetic stand-in a regression target trains on without --data_path,
+  generated on first use (or when its marker is missing or damaged)."""
+  fmt, sizes = DEFAULT_REGRESSION[target]
+  directory = os.path.join(synthetic.cache_dir(), f'synthetic-v{synthetic.VERSION}-seed{seed}')
+  path = os.path.join(directory, FILE_NAMES[fmt])
+  try:
+    current = os.path.exists(path) and synthetic.describe(path) is not None
+  except data_lib.DataError:
+    current = False  # the cache is ours: a damaged marker means generate again
+  if not current:
+    os.makedirs(directory, exist_ok=True)
+    write(fmt, directory, seed, sizes, overwrite=True)
   return path

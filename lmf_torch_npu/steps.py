@@ -14,9 +14,15 @@ def at_least_float32(x):
   return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def cross_entropy_sum(logits, labels):
-  """The 2018 loss: cross-entropy summed over the batch (size_average=False), never in fp16."""
-  return F.cross_entropy(at_least_float32(logits), labels, reduction='sum')
+def loss_sum(outputs, labels):
+  """The 2018 loss of the task the labels' dtype names, summed over the batch
+  (size_average=False), never in fp16: cross-entropy of class ids; L1 of float targets, over
+  several targets their mean (the 2018 train_pom.py reports its summed L1 divided by the 16
+  traits)."""
+  outputs = at_least_float32(outputs)
+  if not labels.dtype.is_floating_point:
+    return F.cross_entropy(outputs, labels, reduction='sum')
+  return F.l1_loss(outputs, labels.to(outputs.dtype), reduction='sum') / outputs.shape[-1]
 
 
 def train_step(model, tx, batch, amp):
@@ -25,7 +31,7 @@ def train_step(model, tx, batch, amp):
   tx.zero_grad(set_to_none=True)
   with amp.autocast():
     logits = model(batch['audio'], batch['visual'], batch['text'])
-  loss = cross_entropy_sum(logits, batch['label'])
+  loss = loss_sum(logits, batch['label'])
   amp.backward_and_step(loss, tx)
   return loss.detach()
 
@@ -35,7 +41,7 @@ def eval_step(model, batch):
   model.eval()
   with torch.no_grad():
     logits = at_least_float32(model(batch['audio'], batch['visual'], batch['text']))
-  return cross_entropy_sum(logits, batch['label']), logits
+  return loss_sum(logits, batch['label']), logits
 
 
 def to_device(arrays, device):

@@ -275,13 +275,13 @@ def check_gradients(pair, dataset, emotion):
     logits, _ = pair.jax_model.apply({'params': params, 'batch_stats': pair.jax['batch_stats']},
                                      batch['audio'], batch['visual'], batch['text'], train=True,
                                      mutable=['batch_stats'])
-    return jax_steps.cross_entropy_sum(logits, batch['label'])
+    return jax_steps.loss_sum(logits, batch['label'])
 
   grads = jax.jit(jax.grad(loss_fn))(pair.jax['params'])
   jax_grads = pair.jax_arrays({'params': grads, 'batch_stats': pair.jax['batch_stats']})
   model = pair.torch_model(pair.torch_arrays()).train()
   tensors = torch_batch(batch, pair.device)
-  loss = torch_steps.cross_entropy_sum(model(tensors['audio'], tensors['visual'], tensors['text']),
+  loss = torch_steps.loss_sum(model(tensors['audio'], tensors['visual'], tensors['text']),
                                        tensors['label'])
   loss.backward()
   torch_grads = {name: p.grad.cpu().numpy() for name, p in model.named_parameters()}

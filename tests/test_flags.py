@@ -135,7 +135,8 @@ def test_command_line_prints_one_error_line_and_exits_2(tmp_path):
                           text=True, check=False)
   assert result.returncode == 2
   assert result.stderr.strip() == ("error: unknown emotion 'joy': choose one of happy, sad, "
-                                   'angry, neutral')
+                                   'angry, neutral (IEMOCAP), or sentiment or traits (regression '
+                                   'sets)')
 
 
 FREED_64MB_RESIDENT = """

@@ -1,6 +1,6 @@
 """Each released file format detected from its content and loaded from its synthetic stand-in
-through the real loaders; hostile variants refused in one line; regression sets refused by the
-trainers; a MulT IEMOCAP file and the 2018 file of the same numbers give the same Dataset."""
+through the real loaders; hostile variants refused in one line; a target a file does not hold
+refused; a MulT IEMOCAP file and the 2018 file of the same numbers give the same Dataset."""
 
 import json
 import os
@@ -25,6 +25,8 @@ EXPECTED = {  # format: (detected format, set, text shape, label columns)
     'mmsa-mosi': ('mmsa', 'CMU-MOSI', (50, 768), 1),
     'mmsa-sims': ('mmsa', 'CH-SIMS', (39, 768), 4),
     'csd-mosi': ('csd', 'CMU-MOSI', (50, 300), 1),
+    'lmf2018-mosi': ('lmf2018-regression', 'CMU-MOSI', (20, 300), 1),
+    'lmf2018-pom': ('lmf2018-regression', 'POM', (20, 300), 16),
 }
 
 
@@ -103,14 +105,19 @@ def test_jax_trains_on_a_mult_iemocap_file(stand_ins, tmp_path):
   assert saved['epochs_run'] == 2
 
 
-def test_trainers_refuse_a_regression_file_in_one_line(stand_ins, tmp_path):
+def test_a_target_the_file_does_not_hold_is_one_line(stand_ins, tmp_path):
   result = run_helpers.run_cli('lmf_jax.train', f'--data_path={stand_ins["mult-mosi"]}',
                                '--emotion=sad', f'--workdir={tmp_path / "run"}')
-  run_helpers.assert_one_line(result, r'holds CMU-MOSI sentiment regression .*IEMOCAP emotion '
-                              r'classification only \(regression is issue 13\'s next step\)')
+  run_helpers.assert_one_line(result, r'holds CMU-MOSI sentiment regression \(mult format\), '
+                              r'whose target is sentiment: pass --emotion=sentiment')
+  assert not (tmp_path / 'run').exists()
   for fmt in ('mmsa-sims', 'csd-mosi'):
     with pytest.raises(DataError, match='sentiment regression'):
       formats.load(stand_ins[fmt], 'sad')
+  with pytest.raises(DataError, match='POM speaker-trait regression .* target is traits'):
+    formats.load(stand_ins['lmf2018-pom'], 'sentiment')
+  with pytest.raises(DataError, match='holds IEMOCAP emotions, not sentiment'):
+    formats.load(stand_ins['mult-iemocap'], 'sentiment')
 
 
 def _write(path, obj):

@@ -35,7 +35,7 @@ def test_outputs_are_complete_and_consistent(finished_run):
   assert best['valid_loss'] == record['best_valid_loss']
   with open(os.path.join(workdir, records.RESULTS_CSV)) as f:
     header, row = [line.rstrip('\n').split(',') for line in f]
-  assert header[:15] == [name for name, _ in records.CSV_2018_COLUMNS]
+  assert header[:15] == [name for name, _ in records.CSV_2018_COLUMNS['classification']]
   assert float(row[header.index('Test F1-score')]) == record['f1']
   assert read_bytes(os.path.join(workdir, records.LOSS_CURVE))[:8] == b'\x89PNG\r\n\x1a\n'
   assert config_json['config'] == config.to_dict()

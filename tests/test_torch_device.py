@@ -208,7 +208,7 @@ def test_bf16_autocast_on_cpu_keeps_batchnorm_and_the_loss_in_float32():
     model(torch.randn(4, 74).bfloat16(), torch.randn(4, 35).bfloat16(), torch.randn(4, 20, 300))
   assert seen['audio_subnet.norm'] == torch.float32
   from lmf_torch_npu import steps  # pylint: disable=import-outside-toplevel
-  assert steps.cross_entropy_sum(logits, torch.tensor([0, 1, 1, 0])).dtype == torch.float32
+  assert steps.loss_sum(logits, torch.tensor([0, 1, 1, 0])).dtype == torch.float32
 
 
 @pytest.mark.amp
@@ -304,8 +304,8 @@ def test_without_a_bf16_lstm_it_runs_in_float32_and_gradients_flow(monkeypatch):
   from lmf_torch_npu import steps  # pylint: disable=import-outside-toplevel
   with mixed.autocast():
     logits = model(*small_inputs())
-  steps.cross_entropy_sum(logits, labels).backward()
-  steps.cross_entropy_sum(reference(*small_inputs()), labels).backward()
+  steps.loss_sum(logits, labels).backward()
+  steps.loss_sum(reference(*small_inputs()), labels).backward()
   assert seen['h_n'].dtype == torch.float32 and seen['text'] == torch.bfloat16
   # The LSTM itself is exactly the float32 one; autocast resumes after it.
   _, (h_n, _) = reference.text_subnet.rnn(small_inputs()[2])
