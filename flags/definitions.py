@@ -17,7 +17,7 @@ from flags.config import Config
 from flags.errors import ConfigError
 from iemocap.synthetic_formats import POM_TRAITS
 from iemocap import formats
-from iemocap.data import EMOTIONS, REGRESSION_TARGETS, normalize_emotion
+from iemocap.data import EMOTIONS, REGRESSION_TARGETS, TARGETS, normalize_emotion
 from iemocap.errors import DataError
 
 _PRESET_HELP = ' (default: the emotion\'s preset)'
@@ -92,13 +92,9 @@ def config_from_flags(values=FLAGS, emotion=None):
   # Absolute, so the saved config (and the checkpoint's) still finds the data from elsewhere.
   data_path = os.path.abspath(os.path.expanduser(values.data_path)) if values.data_path else ''
   try:
-    source = formats.peek(data_path) if data_path and not (emotion or values.emotion) else None
     emotion = normalize_emotion(emotion or values.emotion or (
-        formats.default_target(source) if source else 'neutral'))
-    output_dim = values.output_dim
-    if emotion == 'traits' and not output_dim:
-      output_dim = formats.label_columns(source or formats.peek(data_path)) if data_path else (
-          POM_TRAITS)
+        formats.default_target(formats.peek(data_path)) if data_path else 'neutral'))
+    output_dim = values.output_dim or target_outputs(emotion, data_path)
   except DataError as e:
     raise ConfigError(str(e)) from None
   if values.perf_steps < 0:
@@ -115,6 +111,24 @@ def config_from_flags(values=FLAGS, emotion=None):
   return Config(emotion=emotion, data_path=data_path, workdir=values.workdir,
                 epochs=values.epochs, patience=values.patience, output_dim=output_dim,
                 seed=values.seed, **hparams)
+
+
+def target_outputs(emotion, data_path):
+  """The model outputs `emotion` needs when --output_dim is not given: 0 (Config's own: 2
+  classes, 1 sentiment score), but for POM's traits the data file's count (16 in the synthetic
+  stand-in)."""
+  if emotion != 'traits':
+    return 0
+  return formats.label_columns(formats.peek(data_path)) if data_path else POM_TRAITS
+
+
+def targets_in(data_path):
+  """What `all` means for a data file: its four emotions (IEMOCAP) or its one target; without a
+  file, every target of the synthetic stand-ins."""
+  if not data_path:
+    return TARGETS
+  source = formats.peek(data_path)
+  return EMOTIONS if source.is_iemocap else (formats.default_target(source),)
 
 
 def population_configs(values=FLAGS):

@@ -376,9 +376,11 @@ def _identity(path):
 def peek(path):
   """`read(path)`, kept for the next `load` of the same unchanged file (a config decides its
   target and outputs from the file, then the run loads it)."""
+  key = _identity(path)
+  if key in _recent:
+    return _recent[key]
   source = read(path)
   _recent.clear()
-  key = _identity(path)
   if key is not None:
     _recent[key] = source
   return source

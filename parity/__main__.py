@@ -26,6 +26,7 @@ from absl import flags as absl_flags
 
 from engine import cli
 from engine import datasets
+from flags import definitions
 from iemocap import data as data_lib
 from iemocap import files
 from iemocap.errors import UserError
@@ -36,8 +37,9 @@ def parse_args(argv):
   parser = cli.ArgumentParser(prog='python -m parity', description=__doc__.split('\n\n')[0])
   parser.add_argument('--data_path', default='', help='iemocap.pkl/.npz or its directory; '
                       'empty: the synthetic stand-in')
-  parser.add_argument('--emotion', default='all', help='all, or one of '
-                      + ', '.join(data_lib.EMOTIONS))
+  parser.add_argument('--emotion', default='all', help='all (the four emotions and the two '
+                      'regression targets of the synthetic stand-ins, or what --data_path '
+                      'holds), or one of ' + ', '.join(data_lib.TARGETS))
   parser.add_argument('--json', metavar='OUT', help='also write the results as a JSON list here')
   parser.add_argument('--epochs', type=int, default=2,
                       help='epochs of the short training runs (checks 5, 6 and 8)')
@@ -82,7 +84,8 @@ def main(argv=None):
   try:
     if args.json:
       cli.check_output_file(args.json, '--json')
-    emotions = (data_lib.EMOTIONS if args.emotion.strip().lower() == 'all'
+    emotions = (list(definitions.targets_in(args.data_path))
+                if args.emotion.strip().lower() == 'all'
                 else [data_lib.normalize_emotion(args.emotion)])
     datasets.open_dataset(checks.parity_config(emotions[0], args.data_path))  # fail fast, once
     choice = checks.torch_choice(args.torch_device)

@@ -31,6 +31,7 @@ from engine import protocol
 from engine import records
 from engine import state_dict
 from engine import workdirs
+from flags import definitions
 from flags import presets
 from flags.config import Config
 from iemocap import batching
@@ -109,15 +110,21 @@ def worst(a, b, relative=False):
 
 
 def parity_config(emotion, data_path='', dropout=False, batch_size=None, **overrides):
-  """The emotion's preset (its shapes); dropout off unless asked for, as the deterministic checks
+  """The target's preset (its shapes); dropout off unless asked for, as the deterministic checks
   need; `batch_size` replaces the preset's (it changes no parameter shape, only the run time)."""
-  values = {**presets.PRESETS[emotion], 'seed': PARITY_SEED}
+  values = {**presets.preset(emotion), 'seed': PARITY_SEED,
+            'output_dim': definitions.target_outputs(emotion, data_path)}
   if batch_size:
     values['batch_size'] = batch_size
   if not dropout:
     values.update(audio_dropout=0.0, video_dropout=0.0, text_dropout=0.0)
   values.update(overrides)
   return Config(emotion=emotion, data_path=data_path, **values)
+
+
+def headline(config):
+  """The test figure the training checks compare: weighted F1, or a regression's MAE."""
+  return 'f1' if config.task == 'classification' else 'mae'
 
 
 def precision_scope(dtype):
@@ -171,15 +178,15 @@ def gpu_precision(choice):
 
 
 class Pair:
-  """One model in both frameworks, from one initialisation, in one dtype; the torch model on
-  `choice`'s device."""
+  """One model in both frameworks, from one initialisation, in one dtype, for inputs of
+  `input_dims`; the torch model on `choice`'s device."""
 
-  def __init__(self, config, dtype, choice=CPU):
+  def __init__(self, config, dtype, choice=CPU, input_dims=state_dict.DEFAULT_INPUT_DIMS):
     self.config, self.dtype, self.choice = config, dtype, choice
     self.device = choice.torch_device()
     torch.manual_seed(PARITY_SEED)
     initial = torch_checkpoint.to_state_dict(
-        torch_checkpoint.model_lib.from_config(config).state_dict(), config)
+        torch_checkpoint.model_lib.from_config(config, input_dims).state_dict(), config)
     self.torch = self.torch_model(initial)
     self.jax = jax_checkpoint.from_state_dict(initial, config, dtype=np.dtype(dtype))
     self.jax_model = jax_model.from_config(config)
@@ -320,14 +327,19 @@ def check_adam_steps(pair, dataset, emotion, steps=ADAM_STEPS):
 
 
 def check_same_weights_metrics(dataset, emotion, dtype, jax_logits, torch_logits):
-  """Identical weights: identical predictions, so identical weighted F1 and accuracy."""
+  """Identical weights: identical predictions, so identical weighted F1 and accuracy; for
+  regression every test figure within the outputs' own difference."""
   labels = dataset.test.label
-  ours = metrics.classification_metrics(labels, jax_logits)
-  theirs = metrics.classification_metrics(labels, torch_logits)
-  flipped = int(np.sum(np.argmax(jax_logits, -1) != np.argmax(torch_logits, -1)))
-  diff = max(abs(ours['f1'] - theirs['f1']), abs(ours['accuracy'] - theirs['accuracy']))
-  return result('same_weights_metrics', emotion, dtype, diff,
-                f'{flipped} of {labels.shape[0]} predictions differ')
+  ours = metrics.test_figures(dataset.task, labels, jax_logits, dataset.corpus)
+  theirs = metrics.test_figures(dataset.task, labels, torch_logits, dataset.corpus)
+  if dataset.task == 'classification':
+    flipped = int(np.sum(np.argmax(jax_logits, -1) != np.argmax(torch_logits, -1)))
+    diff = max(abs(ours['f1'] - theirs['f1']), abs(ours['accuracy'] - theirs['accuracy']))
+    return result('same_weights_metrics', emotion, dtype, diff,
+                  f'{flipped} of {labels.shape[0]} predictions differ')
+  keys = [k for k in metrics.FIGURES['regression'] if ours[k] is not None]
+  diff, where = worst({k: ours[k] for k in keys}, {k: theirs[k] for k in keys})
+  return result('same_weights_figures', emotion, dtype, diff, where)
 
 
 def _jax_run(config, dataset, initial):
@@ -360,39 +372,44 @@ def train_both(pair, dataset, workdir, epochs):
 
 
 def check_short_training(pair, dataset, emotion, workdir, epochs):
-  """Same init, same batches, dropout off: test F1 and the loss curves agree."""
+  """Same init, same batches, dropout off: the test figure (F1; MAE) and the loss curves agree."""
   out, history = train_both(pair, dataset, workdir, epochs)
-  f1_diff = abs(out['jax']['f1'] - out['torch']['f1'])
+  figure = headline(pair.config)
+  figure_diff = abs(out['jax'][figure] - out['torch'][figure])
   curves_jax = {f'{k} epoch {r["epoch"]}': r[k] for r in history['jax']
                 for k in ('train_loss', 'valid_loss')}
   curves_torch = {f'{k} epoch {r["epoch"]}': r[k] for r in history['torch']
                   for k in ('train_loss', 'valid_loss')}
   loss_diff, where = worst(curves_jax, curves_torch, relative=True)
-  return [result('short_training_f1', emotion, pair.dtype, f1_diff,
-                 f'jax {out["jax"]["f1"]:.4f}, torch {out["torch"]["f1"]:.4f}'),
+  return [result(f'short_training_{figure}', emotion, pair.dtype, figure_diff,
+                 f'jax {out["jax"][figure]:.4f}, torch {out["torch"][figure]:.4f}'),
           result('short_training_losses', emotion, pair.dtype, loss_diff, where)], out
 
 
 def check_checkpoint_round_trip(dataset, emotion, dtype, workdir, trained, choice=CPU):
-  """Each backend's checkpoint, evaluated by the other, gives the writer's test F1.
+  """Each backend's checkpoint, evaluated by the other, gives the writer's test figure.
 
   `trained` is {backend: results record} of the runs that wrote them. In float32 the reader
-  must match the trainer's own F1; a float64 run's checkpoint is stored in float32, so there
-  the reader matches the writer's evaluate command. torch evaluates on `choice`'s device.
+  must match the trainer's own figure; a float64 run's checkpoint is stored in float32, so
+  there the reader matches the writer's evaluate command. torch evaluates on `choice`'s device.
+  F1 must be exact (same predictions); a regression's MAE agrees to float32 rounding.
   """
   data_path = dataset.path
+  figure = 'f1' if dataset.task == 'classification' else 'mae'
   diffs = []
   for writer, reader in (('jax', 'torch'), ('torch', 'jax')):
     path = os.path.join(workdir, writer, records.CHECKPOINT)
     commands = {'jax': jax_evaluate.evaluate,
                 'torch': functools.partial(torch_evaluate.evaluate, device=choice.name)}
-    other = commands[reader](path, data_path=data_path)['f1']
+    other = commands[reader](path, data_path=data_path)[figure]
     if dtype == 'float32':
-      diffs.append((abs(trained[writer]['f1'] - other), f'{writer} run\'s F1 vs {reader} evaluate'))
-    own = commands[writer](path, data_path=data_path)['f1']
+      diffs.append((abs(trained[writer][figure] - other),
+                    f'{writer} run\'s {figure} vs {reader} evaluate'))
+    own = commands[writer](path, data_path=data_path)[figure]
     diffs.append((abs(own - other), f'{writer} checkpoint: {writer} vs {reader} evaluate'))
   diff, where = max(diffs)
-  return result('checkpoint_round_trip', emotion, dtype, diff, where)
+  name = 'checkpoint_round_trip' if figure == 'f1' else 'checkpoint_round_trip_mae'
+  return result(name, emotion, dtype, diff, where)
 
 
 def amp_devices():
@@ -431,12 +448,14 @@ def check_amp(pair, dataset, emotion):
 
 
 def check_dropout_training(dataset, emotion, workdir, seeds, epochs, batch_size=None, choice=CPU):
-  """Dropout on, each backend with its own RNG and init: mean test F1 over seeds agrees
-  statistically. Both trainers run through the shared protocol on `dataset`."""
-  f1 = {'jax': [], 'torch': []}
+  """Dropout on, each backend with its own RNG and init: the mean test figure (F1; MAE) over
+  seeds agrees statistically. Both trainers run through the shared protocol on `dataset`."""
+  values = {'jax': [], 'torch': []}
+  figure = None
   for seed in range(seeds):
     config = parity_config(emotion, dataset.path, dropout=True, batch_size=batch_size, seed=seed,
                            epochs=epochs, patience=epochs)
+    figure = headline(config)
     for backend in ('jax', 'torch'):
       backend_config = dataclasses.replace(
           config, workdir=os.path.join(workdir, f'dropout-{backend}-{seed}'))
@@ -446,13 +465,14 @@ def check_dropout_training(dataset, emotion, workdir, seeds, epochs, batch_size=
       else:
         run = torch_train.TorchRun(backend_config, dataset, choice, FP32)
       record = protocol.train_and_evaluate(backend_config, run, dataset, True, status)
-      f1[backend].append(record['f1'])
-  stderr = math.sqrt(sum(statistics.variance(v) / len(v) for v in f1.values()))
-  diff = abs(statistics.fmean(f1['jax']) - statistics.fmean(f1['torch']))
-  allowed = max(tolerances.tolerance('dropout_training_f1', 'float32'), 3 * stderr)
-  return Result('dropout_training_f1', emotion, 'float32', diff, allowed,
-                f'mean F1 jax {statistics.fmean(f1["jax"]):.4f}, torch '
-                f'{statistics.fmean(f1["torch"]):.4f} over {seeds} seeds')
+      values[backend].append(record[figure])
+  stderr = math.sqrt(sum(statistics.variance(v) / len(v) for v in values.values()))
+  diff = abs(statistics.fmean(values['jax']) - statistics.fmean(values['torch']))
+  check = f'dropout_training_{figure}'
+  allowed = max(tolerances.tolerance(check, 'float32'), 3 * stderr)
+  return Result(check, emotion, 'float32', diff, allowed,
+                f'mean {figure} jax {statistics.fmean(values["jax"]):.4f}, torch '
+                f'{statistics.fmean(values["torch"]):.4f} over {seeds} seeds')
 
 
 def run_emotion(emotion, dataset, epochs=2, seeds=2, dtypes=DTYPES, batch_size=32,
@@ -470,7 +490,7 @@ def run_emotion(emotion, dataset, epochs=2, seeds=2, dtypes=DTYPES, batch_size=3
     for dtype in dtypes:
       with precision_scope(dtype):
         config = parity_config(emotion, dataset.path, batch_size=batch_size)
-        pair = Pair(config, dtype, choice)
+        pair = Pair(config, dtype, choice, dataset.input_dims)
         data = cast_dataset(training, dtype)
         results.append(check_conversion(pair, emotion))
         eval_result, jax_logits, torch_logits = check_eval_logits(pair, data, emotion)

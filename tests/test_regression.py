@@ -1,0 +1,196 @@
+"""Regression targets end to end: CMU-MOSI/MOSEI/CH-SIMS sentiment and POM traits from every
+file format's stand-in, through both trainers' command lines, populations, evaluate and
+predict; the figures against their definitions (scikit-learn, numpy)."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as sk
+
+from engine import prediction
+from engine import records
+from engine import state_dict
+from engine.errors import CheckpointError
+from flags import definitions
+from iemocap import files
+from iemocap import formats
+from iemocap import metrics
+from iemocap import synthetic_formats
+from lmf_jax import predict as jax_predict
+from lmf_jax import train as jax_train
+from lmf_torch_npu import evaluate as torch_evaluate
+import run_helpers
+
+SIZES = (64, 24, 32)
+SMALL = [f'--{k}={v}' for k, v in run_helpers.SMALL.items()]
+
+
+@pytest.fixture(scope='module')
+def stand_ins(tmp_path_factory):
+  directory = tmp_path_factory.mktemp('regression')
+  return {fmt: synthetic_formats.write(fmt, directory, 3, SIZES)
+          for fmt in synthetic_formats.FORMATS if fmt != 'mult-iemocap'}
+
+
+def test_regression_figures_follow_their_definitions():
+  rng = np.random.default_rng(0)
+  labels = np.round(rng.uniform(-3, 3, 200) * 2) / 2  # MOSI-like: halves, zeros among them
+  labels[:7] = 0.0
+  outputs = labels + rng.normal(0, 0.8, 200)
+  got = metrics.regression_metrics(labels[:, None], outputs[:, None], 'CMU-MOSI')
+  assert got['mae'] == pytest.approx(sk.mean_absolute_error(labels, outputs), rel=1e-12)
+  assert got['corr'] == pytest.approx(np.corrcoef(labels, outputs)[0, 1], rel=1e-12)
+  assert got['acc2_has0'] == sk.accuracy_score(labels >= 0, outputs >= 0)
+  assert got['f1_has0'] == pytest.approx(sk.f1_score(labels >= 0, outputs >= 0,
+                                                     average='weighted'), abs=1e-15)
+  kept = labels != 0
+  assert got['acc2_non0'] == sk.accuracy_score(labels[kept] > 0, outputs[kept] > 0)
+  assert got['f1_non0'] == pytest.approx(sk.f1_score(labels[kept] > 0, outputs[kept] > 0,
+                                                     average='weighted'), abs=1e-15)
+  assert got['acc2_has0'] != got['acc2_non0']  # the zeros make the conventions differ here
+  seven = np.round(np.clip(outputs, -3, 3)) == np.round(np.clip(labels, -3, 3))
+  assert got['acc7'] == np.mean(seven)
+  assert metrics.regression_metrics(labels[:, None], outputs[:, None], 'CH-SIMS')['acc7'] is None
+  assert metrics.regression_metrics(labels[:, None], np.zeros((200, 1)))['corr'] is None
+  traits = metrics.regression_metrics(np.stack([labels, -labels], 1),
+                                      np.stack([outputs, labels], 1))
+  assert traits['mae_per_target'] == pytest.approx([got['mae'], 2 * np.mean(np.abs(labels))])
+  assert traits['corr_per_target'] == pytest.approx([got['corr'], -1.0])
+  assert traits['acc2_has0'] is None and traits['acc7'] is None
+  baseline = metrics.baseline_figures('regression', [[1.0], [2.0], [10.0]], [[0.0], [4.0]])
+  assert baseline == {'baseline_mae': pytest.approx(2.0)}  # the training median, 2
+
+
+def _result(workdir):
+  return files.read_json(os.path.join(workdir, records.RESULTS_JSON))
+
+
+def test_a_mult_mosi_file_trains_sentiment_with_the_jax_command(stand_ins, tmp_path):
+  workdir = tmp_path / 'mosi'
+  result = run_helpers.run_cli('lmf_jax.train', f'--data_path={stand_ins["mult-mosi"]}',
+                               f'--workdir={workdir}', '--epochs=3', *SMALL)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = _result(workdir)
+  assert (record['emotion'], record['task']) == ('sentiment', 'regression')
+  for key in metrics.FIGURES['regression'] + ('baseline_mae',):
+    assert isinstance(record[key], float), key  # acc7 too: MOSI is scored on [-3, 3]
+  assert record['test_loss'] == pytest.approx(record['mae'], rel=1e-5)  # L1 is the MAE
+  assert 'MAE' in result.stdout and '7-class accuracy' in result.stdout
+  with open(workdir / records.RESULTS_CSV, newline='') as f:
+    header = next(csv.reader(f))
+  assert header[11:17] == [name for name, _ in records.CSV_2018_COLUMNS['regression'][11:]]
+  config = files.read_json(workdir / records.CONFIG_JSON)
+  assert config['config']['output_dim'] == 1
+  # The other backend's evaluate, from the command line, on the checkpoint and data it names.
+  evaluated = run_helpers.run_cli('lmf_torch_npu.evaluate', f'--checkpoint={workdir}',
+                                  '--device=cpu', '--json')
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  report = json.loads(evaluated.stdout)
+  assert report['task'] == 'regression' and report['mae'] == pytest.approx(record['mae'], abs=1e-5)
+  # Predictions: the value and its sign, for a file's split as for the API.
+  predictor = jax_predict.Predictor(str(workdir))
+  predictions = predictor.predict_file(stand_ins['mult-mosi'], split='test')
+  out = tmp_path / 'pred.csv'
+  prediction.write(str(out), predictions)
+  with open(out, newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert list(rows[0]) == ['index', 'value', 'prediction'] and len(rows) == SIZES[2]
+  values = np.array([float(r['value']) for r in rows])
+  assert metrics.regression_metrics(
+      formats.load(stand_ins['mult-mosi'], 'sentiment').test.label, values[:, None],
+      'CMU-MOSI')['mae'] == pytest.approx(record['mae'], abs=1e-5)
+  assert [r['prediction'] for r in rows] == ['positive' if v >= 0 else 'negative'
+                                             for v in values]
+
+
+def test_a_2018_pom_file_trains_every_trait_with_the_torch_command(stand_ins, tmp_path):
+  workdir = tmp_path / 'pom'
+  result = run_helpers.run_cli('lmf_torch_npu.train', f'--data_path={stand_ins["lmf2018-pom"]}',
+                               f'--workdir={workdir}', '--epochs=2', '--device=cpu', *SMALL)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = _result(workdir)
+  assert (record['emotion'], record['task']) == ('traits', 'regression')
+  assert len(record['mae_per_target']) == len(record['corr_per_target']) == 16
+  assert record['mae'] == pytest.approx(np.mean(record['mae_per_target']))
+  assert record['acc2_has0'] is None and record['acc7'] is None
+  arrays, _ = state_dict.load(os.path.join(workdir, records.CHECKPOINT))
+  assert arrays['fusion_bias'].shape == (1, 16)
+  rows = prediction.rows(jax_predict.Predictor(str(workdir)).predict_file(
+      stand_ins['lmf2018-pom'], split='valid'))
+  assert list(rows[0])[1:] == [f'value_{t}' for t in prediction.POM_TRAITS]  # no prediction
+
+
+def test_populations_of_sentiment_models_in_both_backends(stand_ins, tmp_path):
+  jax_dir, torch_dir = tmp_path / 'jax', tmp_path / 'torch'
+  common = ['--epochs=2', '--num_seeds=2', *SMALL]
+  jax_run = run_helpers.run_cli('lmf_jax.train', f'--data_path={stand_ins["mmsa-sims"]}',
+                                f'--workdir={jax_dir}', *common)
+  assert jax_run.returncode == 0, jax_run.stderr[-3000:]
+  torch_run = run_helpers.run_cli('lmf_torch_npu.train', f'--data_path={stand_ins["csd-mosi"]}',
+                                  f'--workdir={torch_dir}', '--ray_address=none', '--device=cpu',
+                                  *common)
+  assert torch_run.returncode == 0, torch_run.stderr[-3000:]
+  for workdir, seven in ((jax_dir, False), (torch_dir, True)):
+    record = _result(workdir)
+    assert record['task'] == 'regression' and record['num_models'] == 2
+    maes = [m['mae'] for m in record['members']]
+    assert record['mae_mean'] == pytest.approx(np.mean(maes))
+    assert record['mae_std'] == pytest.approx(np.std(maes, ddof=1))
+    chosen = min(record['members'], key=lambda m: m['best_valid_loss'])
+    assert record['mae'] == chosen['mae'] and record['seed'] == chosen['seed']
+    assert (record['acc7'] is not None) == seven  # CH-SIMS is not scored on [-3, 3]
+    assert 'MAE  mean' in (jax_run if workdir == jax_dir else torch_run).stdout
+
+
+@pytest.mark.parametrize('fmt', ['mmsa-mosi', 'lmf2018-mosi'])
+def test_the_other_sentiment_files_train_through_the_api(stand_ins, fmt, tmp_path):
+  flag_values = _flag_values(f'--data_path={stand_ins[fmt]}', f'--workdir={tmp_path}',
+                             '--epochs=2', *SMALL)
+  config = definitions.config_from_flags(flag_values)
+  assert (config.emotion, config.output_dim) == ('sentiment', 1)
+  record = jax_train.train_and_evaluate(config)
+  assert record['task'] == 'regression' and record['acc7'] is not None
+  assert record['baseline_mae'] > 0
+
+
+def _flag_values(*argv):
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  values = flags.FlagValues()
+  definitions.define_training_flags(values)
+  values(['test', *argv])
+  return values
+
+
+def test_config_takes_the_target_and_outputs_from_the_file(stand_ins, tmp_path):
+  pom = definitions.config_from_flags(_flag_values(f'--data_path={stand_ins["lmf2018-pom"]}'))
+  assert (pom.emotion, pom.output_dim, pom.task) == ('traits', 16, 'regression')
+  default = definitions.config_from_flags(_flag_values('--emotion=traits'))
+  assert default.output_dim == synthetic_formats.POM_TRAITS  # the synthetic POM stand-in's
+  iemocap = definitions.config_from_flags(_flag_values())
+  assert (iemocap.emotion, iemocap.output_dim) == ('neutral', 2)
+  csv_path = tmp_path / 'param_data.csv'
+  csv_path.write_text('\n'.join(['8,4,64,0.3,0.1,0.15,0.003,0.0005,8,64,0.001'] * 4))
+  with pytest.raises(definitions.ConfigError, match='sentiment has none there'):
+    definitions.config_from_flags(_flag_values('--emotion=sentiment', f'--para_path={csv_path}'))
+  result = run_helpers.run_cli('lmf_jax.train', f'--data_path={stand_ins["lmf2018-pom"]}',
+                               '--output_dim=3', f'--workdir={tmp_path / "run"}')
+  run_helpers.assert_one_line(result, r'has 16 traits values per utterance but the model has 3 '
+                              r'outputs: leave --output_dim out')
+
+
+def test_a_bare_2018_regression_state_dict_names_its_target(tmp_path):
+  from lmf_torch_npu import model as torch_model  # pylint: disable=import-outside-toplevel
+  config = definitions.config_from_flags(_flag_values('--emotion=sentiment', *SMALL))
+  torch.manual_seed(0)
+  module = torch_model.from_config(config, (74, 47, 300))
+  path = tmp_path / 'mosi_model.pt'
+  torch.save(module.state_dict(), path)
+  arrays, loaded, _ = state_dict.load_checkpoint(str(path), '')
+  assert (loaded.emotion, loaded.output_dim) == ('sentiment', 1)
+  assert state_dict.input_dims(arrays) == (74, 47, 300)
+  with pytest.raises(CheckpointError, match='1 output.*which a sad model cannot have'):
+    state_dict.load_checkpoint(str(path), 'sad')
