@@ -227,7 +227,8 @@ def test_modelzoo_script_refuses_a_bad_emotion_in_one_line(tmp_path):
        f'--train_url={tmp_path}'], capture_output=True, text=True, check=False,
       env={**os.environ, **ONE_THREAD, 'PYTHON': sys.executable})
   assert result.returncode == 2
-  assert result.stderr.strip() == "error: unknown emotion 'joy': choose one of happy, sad, angry, neutral"
+  assert result.stderr.strip() == ("error: unknown emotion 'joy': choose one of happy, sad, angry, "
+                                   'neutral (IEMOCAP), or sentiment or traits (regression sets)')
 
 
 def test_the_8p_performance_script_trains_its_trials_briefly(small_data_dir, tmp_path):
