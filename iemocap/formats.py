@@ -202,7 +202,8 @@ def time_mean(sequences, lengths=None):
   task). With lengths: the mean over the first `length` steps only (MMSA pads at the end; its own
   loader averages over the padding too, which shrinks short utterances' vectors toward 0). A
   length of 0 gives a zero vector. Non-finite steps stay non-finite, to be zeroed and counted
-  per vector entry as the 2018 file's values are.
+  per vector entry as the 2018 file's values are (regression files zero them first:
+  `step_means`).
   """
   sequences = np.asarray(sequences)
   if lengths is None:
@@ -212,6 +213,20 @@ def time_mean(sequences, lengths=None):
   with np.errstate(invalid='ignore', over='ignore'):
     total = np.where(steps, sequences, 0).sum(axis=1, dtype=np.float64)
     return (total / np.maximum(lengths, 1)[:, None]).astype(np.float32)
+
+
+def step_means(sequences, lengths=None):
+  """(vectors, Replaced) of a regression file's sequences: non-finite step values are zeroed and
+  counted first, as MulT's and MMSA's own loaders zero their audio's -inf, then `time_mean`; so
+  one -inf step does not erase a whole utterance's feature. (MulT's IEMOCAP file keeps the 2018
+  rule instead, which makes it the 2018 file's task.)"""
+  sequences = np.asarray(sequences)
+  finite = np.isfinite(sequences)
+  if finite.all():
+    return time_mean(sequences, lengths), Replaced()
+  nan = int(np.isnan(sequences).sum())
+  replaced = Replaced(nan=nan, inf=int(finite.size - finite.sum()) - nan)
+  return time_mean(np.where(finite, sequences, np.float32(0)), lengths), replaced
 
 
 def _array(split, name, where, kinds='fiub', rank=None):
@@ -270,8 +285,9 @@ def _clean(features):
   return features, replaced
 
 
-def regression_split(audio, visual, text, label, ids, where):
-  """A checked RegressionSplit from per-utterance audio/visual vectors and text sequences."""
+def regression_split(audio, visual, text, label, ids, where, steps_replaced=None):
+  """A checked RegressionSplit from per-utterance audio/visual vectors and text sequences;
+  `steps_replaced`: the (audio, visual) values `step_means` zeroed before averaging."""
   sizes = {'audio': audio.shape[0], 'visual': visual.shape[0], 'text': text.shape[0],
            'labels': label.shape[0]}
   if len(set(sizes.values())) != 1:
@@ -286,6 +302,10 @@ def regression_split(audio, visual, text, label, ids, where):
     raise DataError(f'labels{where} hold NaN or inf: the file is damaged')
   audio, audio_replaced = _clean(np.asarray(audio, dtype=np.float32))
   visual, visual_replaced = _clean(np.asarray(visual, dtype=np.float32))
+  if steps_replaced:
+    audio_replaced, visual_replaced = (
+        Replaced(nan=a.nan + b.nan, inf=a.inf + b.inf)
+        for a, b in zip((audio_replaced, visual_replaced), steps_replaced))
   return RegressionSplit(audio=audio, visual=visual, text=text, label=label, ids=tuple(ids),
                          audio_replaced=audio_replaced, visual_replaced=visual_replaced,
                          text_nonfinite=int(text.size - np.isfinite(text).sum()))
@@ -415,7 +435,9 @@ def load_regression(source):
         raise DataError(f'labels{where} have shape {label.shape}: MulT labels are (N, 4, 2) for '
                         'IEMOCAP or one sentiment per utterance, (N, 1, 1)')
       ids = strings(_get(split, 'id'), 'id', where) if _get(split, 'id') is not None else ()
-      splits[name] = regression_split(time_mean(audio), time_mean(vision), text, label, ids, where)
+      (audio, audio_steps), (vision, vision_steps) = step_means(audio), step_means(vision)
+      splits[name] = regression_split(audio, vision, text, label, ids, where,
+                                      (audio_steps, vision_steps))
     else:
       splits[name] = _mmsa_split(split, where, notes, padding)
   for name, shares in padding.items():
@@ -458,8 +480,9 @@ def _mmsa_split(split, where, notes, padding):
   if extra:
     notes.append('labels: column 0 the multimodal label, then the unimodal T, A, V labels')
     label = np.concatenate([label.reshape(n, 1)] + extra, axis=1)
-  return regression_split(time_mean(audio, audio_lengths), time_mean(vision, vision_lengths),
-                          text, label, ids, where)
+  (audio, audio_steps), (vision, vision_steps) = (step_means(audio, audio_lengths),
+                                                  step_means(vision, vision_lengths))
+  return regression_split(audio, vision, text, label, ids, where, (audio_steps, vision_steps))
 
 
 def checksum_note(source):

@@ -194,3 +194,20 @@ def test_a_bare_2018_regression_state_dict_names_its_target(tmp_path):
   assert state_dict.input_dims(arrays) == (74, 47, 300)
   with pytest.raises(CheckpointError, match='1 output.*which a sad model cannot have'):
     state_dict.load_checkpoint(str(path), 'sad')
+
+
+def test_a_non_finite_step_is_zeroed_before_averaging(stand_ins):
+  """MulT's MOSI audio holds -inf steps: they count as 0 (as MulT's and MMSA's loaders make
+  them), and the other steps of that utterance still make its vector."""
+  from iemocap import pickle_io  # pylint: disable=import-outside-toplevel
+  with open(stand_ins['mult-mosi'], 'rb') as f:
+    raw = pickle_io.restricted_load(f)
+  audio = raw['train']['audio']
+  bad = ~np.isfinite(audio)
+  assert bad.any()  # the stand-in plants them
+  split = formats.load_regression(formats.read(stand_ins['mult-mosi'])).splits['train']
+  np.testing.assert_allclose(split.audio, np.where(bad, 0, audio).mean(axis=1), rtol=1e-5,
+                             atol=1e-6)
+  assert split.audio_replaced.inf == int(bad.sum()) and split.audio_replaced.nan == 0
+  touched = bad.any(axis=1)  # (N, D) entries with a -inf step keep their finite steps' sum
+  assert np.all(split.audio[touched] != 0)
