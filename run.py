@@ -60,6 +60,7 @@ JOBS = {
     'evaluate': ['-m', 'lmf_jax.evaluate'],
     'predict': ['-m', 'lmf_jax.predict'],
     'export': ['-m', 'lmf_torch_npu.export'],
+    'export-jax': ['-m', 'lmf_jax.export'],
     'test': ['-m', 'pytest'],
     'parity': ['-m', 'parity'],
     'bench': ['-m', 'parity.bench'],
