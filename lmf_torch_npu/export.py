@@ -144,12 +144,15 @@ def check_utterances(input_dims, features_path='', emotion='', split='test'):
 
 
 def check(onnx_bytes, arrays, config, utterances, batch=None):
-  """(max |ONNX Runtime - torch float32| logit, share of predictions that agree) of a graph."""
+  """(max |ONNX Runtime - torch float32| logit, share of predictions that agree) of a graph;
+  the share is None for traits, which predict no class."""
   ours = run(session(onnx_bytes), *utterances, batch=batch)
   with torch.inference_mode():
     theirs = module(arrays, config)(*(torch.from_numpy(np.ascontiguousarray(x))
                                       for x in utterances)).numpy()
-  agree = float(np.mean(np.argmax(ours, 1) == np.argmax(theirs, 1)))
+  labels = [prediction.Predictions(None, x, prediction.class_names(config), config.task).labels
+            for x in (ours, theirs)]
+  agree = None if labels[0] is None else float(np.mean(np.equal(*labels)))
   return float(np.max(np.abs(ours - theirs))), agree
 
 
@@ -197,8 +200,8 @@ def main(argv):
   shape = f'batch {batch}' if batch else 'dynamic batch'
   print(f'exported {path} ({metadata.get("backend", "unknown")}, {config.emotion}) to '
         f'{os.path.abspath(values.out)}: opset {values.opset}, {values.dtype}, {shape}; '
-        f'onnxruntime vs torch on {utterances[3]}: max |logit diff| {diff:.3g}, predictions '
-        f'agree on {100 * agree:.2f}%')
+        f'onnxruntime vs torch on {utterances[3]}: max |logit diff| {diff:.3g}'
+        + ('' if agree is None else f', predictions agree on {100 * agree:.2f}%'))
 
 
 if __name__ == '__main__':

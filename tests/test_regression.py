@@ -122,6 +122,11 @@ def test_a_2018_pom_file_trains_every_trait_with_the_torch_command(stand_ins, tm
   rows = prediction.rows(jax_predict.Predictor(str(workdir)).predict_file(
       stand_ins['lmf2018-pom'], split='valid'))
   assert list(rows[0])[1:] == [f'value_{t}' for t in prediction.POM_TRAITS]  # no prediction
+  from lmf_torch_npu import export  # pylint: disable=import-outside-toplevel
+  _, config, _ = state_dict.load_checkpoint(os.path.join(workdir, records.CHECKPOINT))
+  utterances = export.check_utterances(state_dict.input_dims(arrays))
+  diff, agree = export.check(export.export_onnx(arrays, config), arrays, config, utterances[:3])
+  assert diff < 1e-5 and agree is None  # 16 values, no class to agree on
 
 
 def test_populations_of_sentiment_models_in_both_backends(stand_ins, tmp_path):
