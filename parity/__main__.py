@@ -37,7 +37,7 @@ def parse_args(argv):
   parser.add_argument('--data_path', default='', help='iemocap.pkl/.npz or its directory; '
                       'empty: the synthetic stand-in')
   parser.add_argument('--emotion', default='all', help='all, or one of '
-                      + ', '.join(data_lib.EMOTIONS))
+                      + ', '.join(data_lib.EMOTIONS) + ' (several: comma-separated)')
   parser.add_argument('--json', metavar='OUT', help='also write the results as a JSON list here')
   parser.add_argument('--epochs', type=int, default=2,
                       help='epochs of the short training runs (checks 5, 6 and 8)')
@@ -83,7 +83,7 @@ def main(argv=None):
     if args.json:
       cli.check_output_file(args.json, '--json')
     emotions = (data_lib.EMOTIONS if args.emotion.strip().lower() == 'all'
-                else [data_lib.normalize_emotion(args.emotion)])
+                else [data_lib.normalize_emotion(e) for e in args.emotion.split(',')])
     datasets.open_dataset(checks.parity_config(emotions[0], args.data_path))  # fail fast, once
     choice = checks.torch_choice(args.torch_device)
     options = {k: getattr(args, k) for k in ('data_path', 'epochs', 'seeds', 'dtypes',
