@@ -167,8 +167,11 @@ def test_a_signal_stops_after_a_saved_epoch_and_resume_continues(small_data_dir,
   epochs = 60  # the signal is handled within milliseconds; the run has seconds left
   args = train_args(small_data_dir, workdir, f'--epochs={epochs}', f'--patience={epochs}',
                     *population)
+  # torch's 2-thread OpenMP pool stalls whenever another process holds a core (tests run beside
+  # others on a 2-core machine); the signal handling is the same on one thread.
+  env = {'OMP_NUM_THREADS': '1'} if 'torch' in module else {}
   process = subprocess.Popen(command(module, *args), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
   wait_for(lambda: (workdir / records.TRAIN_STATE).exists())
   process.send_signal(signum)
   _, stderr = process.communicate(timeout=120)
@@ -179,8 +182,8 @@ def test_a_signal_stops_after_a_saved_epoch_and_resume_continues(small_data_dir,
   assert stopped_at < epochs
   assert [row['epoch'] for row in records.read_metrics(workdir)] == list(
       range(1, stopped_at + 1))
-  assert_one_line(run_cli(module, *args), 'holds an interrupted run: pass --resume')
-  finished = run_cli(module, *args, '--resume')
+  assert_one_line(run_cli(module, *args, env=env), 'holds an interrupted run: pass --resume')
+  finished = run_cli(module, *args, '--resume', env=env)
   assert finished.returncode == 0, finished.stderr[-2000:]
   assert [row['epoch'] for row in records.read_metrics(workdir)] == list(range(1, epochs + 1))
   assert files.read_json(workdir / records.RESULTS_JSON)['epochs_run'] == epochs
