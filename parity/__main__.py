@@ -39,7 +39,8 @@ def parse_args(argv):
                       'empty: the synthetic stand-in')
   parser.add_argument('--emotion', default='all', help='all (the four emotions and the two '
                       'regression targets of the synthetic stand-ins, or what --data_path '
-                      'holds), or one of ' + ', '.join(data_lib.TARGETS))
+                      'holds), or one of ' + ', '.join(data_lib.TARGETS)
+                      + ' (several: comma-separated)')
   parser.add_argument('--json', metavar='OUT', help='also write the results as a JSON list here')
   parser.add_argument('--epochs', type=int, default=2,
                       help='epochs of the short training runs (checks 5, 6 and 8)')
@@ -86,7 +87,7 @@ def main(argv=None):
       cli.check_output_file(args.json, '--json')
     emotions = (list(definitions.targets_in(args.data_path))
                 if args.emotion.strip().lower() == 'all'
-                else [data_lib.normalize_emotion(args.emotion)])
+                else [data_lib.normalize_emotion(e) for e in args.emotion.split(',')])
     datasets.open_dataset(checks.parity_config(emotions[0], args.data_path))  # fail fast, once
     choice = checks.torch_choice(args.torch_device)
     options = {k: getattr(args, k) for k in ('data_path', 'epochs', 'seeds', 'dtypes',

@@ -32,3 +32,23 @@ def small_data_dir(tmp_path_factory):
 @pytest.fixture(scope='session')
 def small_data_file(small_data_dir):
   return os.path.join(small_data_dir, 'iemocap.pkl')
+
+
+class SmallRuns:
+  """{backend: workdir} of one small finished run per backend, each trained when first asked for."""
+
+  def __init__(self, data_dir, root):
+    self._data_dir, self._root, self._workdirs = data_dir, root, {}
+
+  def __getitem__(self, backend):
+    if backend not in self._workdirs:
+      import run_helpers  # pylint: disable=import-outside-toplevel
+      self._workdirs[backend] = run_helpers.train_small(self._data_dir, self._root / backend,
+                                                        backend)
+    return self._workdirs[backend]
+
+
+@pytest.fixture(scope='session')
+def small_runs(small_data_dir, tmp_path_factory):
+  """SmallRuns, shared by the tests that only read the runs (predict, export)."""
+  return SmallRuns(small_data_dir, tmp_path_factory.mktemp('small-runs'))

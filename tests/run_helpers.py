@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 from engine import records
 from engine import state_dict
@@ -75,3 +76,46 @@ def check_run_outputs(workdir, config, record, backend):
   state_dict.check(arrays, config)
   assert metadata['backend'] == backend and metadata['epoch'] == record['best_epoch']
   return saved, history, config_json, metadata
+
+
+class Started:
+  """A command started in the background, its output going to files (not pipes, so it never waits
+  for the test to read it); finish() waits for it, kill() ends it if it still runs."""
+
+  def __init__(self, command, **options):
+    self._out, self._err = tempfile.TemporaryFile('w+'), tempfile.TemporaryFile('w+')
+    self.process = subprocess.Popen(command, stdout=self._out, stderr=self._err, text=True,
+                                    **options)
+
+  def finish(self, timeout=600):
+    """The finished process as a CompletedProcess, its output as text."""
+    self.process.wait(timeout=timeout)
+    self._out.seek(0)
+    self._err.seek(0)
+    return subprocess.CompletedProcess(self.process.args, self.process.returncode,
+                                       self._out.read(), self._err.read())
+
+  def kill(self):
+    if self.process.poll() is None:
+      self.process.kill()
+      self.process.wait()
+    self._out.close()
+    self._err.close()
+
+
+def run_concurrently(*runs, timeout=600):
+  """Independent commands started together, outputs captured: [CompletedProcess] in order.
+
+  Each run is a command list, or (command, Popen keyword arguments such as env and cwd). A
+  command line spends most of its time on one core (imports, XLA compilation), so two or three
+  at once take little longer than one on a 2-core machine.
+  """
+  started = []
+  try:
+    for run in runs:
+      command, options = run if isinstance(run, tuple) else (run, {})
+      started.append(Started(command, **options))
+    return [process.finish(timeout) for process in started]
+  finally:
+    for process in started:
+      process.kill()

@@ -20,9 +20,10 @@ from tests import run_helpers
 
 
 @pytest.fixture(scope='module')
-def jax_workdir(small_data_dir, tmp_path_factory):
-  """A small finished lmf_jax run: the checkpoint comes from the other backend."""
-  return run_helpers.train_small(small_data_dir, tmp_path_factory.mktemp('export') / 'jax', 'jax')
+def jax_workdir(small_runs):
+  """A small finished lmf_jax run (conftest's, shared with predict): the checkpoint comes from
+  the other backend."""
+  return small_runs['jax']
 
 
 @pytest.fixture(scope='module')

@@ -25,6 +25,7 @@ from engine import workdirs
 from iemocap import files
 from iemocap.files import temporary_prefix
 from run_helpers import assert_one_line
+from run_helpers import run_concurrently
 
 SMALL_FLAGS = ('--text_hidden=16', '--batch_size=32', '--audio_hidden=8', '--video_hidden=4',
                '--rank=4')
@@ -140,10 +141,11 @@ def test_an_unwritable_cache_directory_names_lmf_cache_dir(tmp_path):
                                           ('parity.gpu_check', '--out')])
 def test_an_output_file_below_a_file_is_refused_before_any_work(tmp_path, module, flag):
   (tmp_path / 'a_file').write_text('mine')
-  result = run_cli(module, f'{flag}={tmp_path / "a_file" / "out.json"}')
+  result, unknown = run_concurrently(command(module, f'{flag}={tmp_path / "a_file" / "out.json"}'),
+                                     command(module, '--no_such_option'))
   assert_one_line(result, rf'{flag}=.*a file is in the way: choose another path')
   assert (tmp_path / 'a_file').read_text() == 'mine'
-  assert_one_line(run_cli(module, '--no_such_option'),
+  assert_one_line(unknown,
                   rf'unrecognized arguments: --no_such_option: see python -m {module} --help')
 
 
@@ -165,8 +167,11 @@ def test_a_signal_stops_after_a_saved_epoch_and_resume_continues(small_data_dir,
   epochs = 60  # the signal is handled within milliseconds; the run has seconds left
   args = train_args(small_data_dir, workdir, f'--epochs={epochs}', f'--patience={epochs}',
                     *population)
+  # torch's 2-thread OpenMP pool stalls whenever another process holds a core (tests run beside
+  # others on a 2-core machine); the signal handling is the same on one thread.
+  env = {'OMP_NUM_THREADS': '1'} if 'torch' in module else {}
   process = subprocess.Popen(command(module, *args), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
   wait_for(lambda: (workdir / records.TRAIN_STATE).exists())
   process.send_signal(signum)
   _, stderr = process.communicate(timeout=120)
@@ -177,8 +182,8 @@ def test_a_signal_stops_after_a_saved_epoch_and_resume_continues(small_data_dir,
   assert stopped_at < epochs
   assert [row['epoch'] for row in records.read_metrics(workdir)] == list(
       range(1, stopped_at + 1))
-  assert_one_line(run_cli(module, *args), 'holds an interrupted run: pass --resume')
-  finished = run_cli(module, *args, '--resume')
+  assert_one_line(run_cli(module, *args, env=env), 'holds an interrupted run: pass --resume')
+  finished = run_cli(module, *args, '--resume', env=env)
   assert finished.returncode == 0, finished.stderr[-2000:]
   assert [row['epoch'] for row in records.read_metrics(workdir)] == list(range(1, epochs + 1))
   assert files.read_json(workdir / records.RESULTS_JSON)['epochs_run'] == epochs
@@ -214,10 +219,10 @@ def test_a_second_process_is_refused_and_a_killed_holder_does_not_block(small_da
                            stderr=subprocess.DEVNULL)
   try:
     wait_for(lambda: (workdir / records.TRAIN_STATE).exists())
-    second = run_cli('lmf_jax.train', *args, '--resume')
+    second, other_backend = run_concurrently(
+        command('lmf_jax.train', *args, '--resume'),
+        command('lmf_torch_npu.train', *train_args(small_data_dir, workdir, '--epochs=1')))
     assert_one_line(second, rf'is in use by pid {first.pid} on \S+: wait for it')
-    other_backend = run_cli('lmf_torch_npu.train', *train_args(small_data_dir, workdir,
-                                                                '--epochs=1'))
     assert_one_line(other_backend, 'is in use by pid')
   finally:
     first.kill()  # kill -9: no clean-up runs
@@ -311,23 +316,19 @@ def test_a_run_killed_before_its_first_epoch_leaves_the_workdir_to_the_next_comm
   assert files.read_json(workdir / records.CONFIG_JSON)['config']['lr'] != 0.5
 
 
-def test_a_run_that_stored_its_data_path_relative_is_still_recognised(small_data_dir,
-                                                                      interrupted_run, tmp_path):
+def test_resume_recognises_a_relative_data_path_and_cleans_temporary_files_left_by_a_kill(
+    small_data_dir, interrupted_run, tmp_path):
+  """One resume of one workdir that holds both: config.json's data_path relative to the
+  command's directory, as older runs stored it, and a killed process's temporary files."""
   workdir = copy_run(interrupted_run, tmp_path / 'run')
   saved = files.read_json(workdir / records.CONFIG_JSON)
   saved['config']['data_path'] = os.path.relpath(small_data_dir, tmp_path)  # as older runs did
   files.write_json(workdir / records.CONFIG_JSON, saved)
-  result = run_cli('lmf_jax.train', *resume_args(small_data_dir, workdir), cwd=tmp_path)
-  assert result.returncode == 0, result.stderr[-2000:]
-
-
-def test_resume_cleans_temporary_files_left_by_a_kill(small_data_dir, interrupted_run, tmp_path):
-  workdir = copy_run(interrupted_run, tmp_path / 'run')
   stale = workdir / (temporary_prefix(records.TRAIN_STATE) + 'x1y2z3_9')  # mkstemp's 8 characters
   stale.write_bytes(b'\0' * 4096)
   (workdir / 'notes.txt').write_text('the user\'s own')
   (workdir / '.results.json.bak').write_text('the user\'s own')
-  result = run_cli('lmf_jax.train', *resume_args(small_data_dir, workdir))
+  result = run_cli('lmf_jax.train', *resume_args(small_data_dir, workdir), cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-2000:]
   assert not stale.exists() and not leftover_temporary_files(workdir)
   assert (workdir / 'notes.txt').read_text() == 'the user\'s own'
@@ -424,10 +425,11 @@ def test_evaluate_says_when_the_data_path_came_from_the_checkpoint(small_data_di
   stored = rewrite_checkpoint(finished_checkpoint, tmp_path / 'ok.safetensors')
   rewrite_checkpoint(finished_checkpoint, tmp_path / 'moved.safetensors',
                      with_config(stored, data_path=str(tmp_path / 'moved_away')))
-  result = run_cli('lmf_jax.evaluate', f'--checkpoint={tmp_path / "moved.safetensors"}')
+  result, elsewhere = run_concurrently(
+      command('lmf_jax.evaluate', f'--checkpoint={tmp_path / "moved.safetensors"}'),
+      command('lmf_jax.evaluate', f'--checkpoint={tmp_path / "moved.safetensors"}',
+              f'--data_path={small_data_dir}'))
   assert_one_line(result, 'the one stored in the checkpoint; pass --data_path')
-  elsewhere = run_cli('lmf_jax.evaluate', f'--checkpoint={tmp_path / "moved.safetensors"}',
-                      f'--data_path={small_data_dir}')
   assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
 
 

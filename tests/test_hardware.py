@@ -11,6 +11,7 @@ import pytest
 
 from flags import hardware
 from lmf_jax import device as jax_device
+import run_helpers
 
 H200 = hardware.Accelerator('gpu', 'NVIDIA', 'NVIDIA H200')
 
@@ -108,13 +109,15 @@ def test_jax_on_the_cpu_warns_unless_jax_platforms_asked_for_it(monkeypatch, cap
     jax.config.update('jax_platforms', previous)
 
 
-@pytest.mark.parametrize('module, line', [
-    ('lmf_jax.train', r'jax \S+: \d+ cpu devices? \(cpu:0'),
-    ('lmf_torch_npu.train', r'torch \S+ on cpu \(.*\); precision float32'),
-])
-def test_each_trainer_logs_what_its_framework_runs_on(small_data_dir, module, line):
-  result = subprocess.run([sys.executable, '-m', module, f'--data_path={small_data_dir}',
-                           '--perf_steps=1', '--text_hidden=16', '--batch_size=32'],
-                          capture_output=True, text=True, check=False)
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert re.search(line, result.stderr), result.stderr[-2000:]
+TRAINER_LINES = {'lmf_jax.train': r'jax \S+: \d+ cpu devices? \(cpu:0',
+                 'lmf_torch_npu.train': r'torch \S+ on cpu \(.*\); precision float32'}
+
+
+def test_each_trainer_logs_what_its_framework_runs_on(small_data_dir):
+  # Both trainers at once: independent processes, each mostly on one core.
+  results = run_helpers.run_concurrently(*[
+      [sys.executable, '-m', module, f'--data_path={small_data_dir}', '--perf_steps=1',
+       '--text_hidden=16', '--batch_size=32'] for module in TRAINER_LINES])
+  for (module, line), result in zip(TRAINER_LINES.items(), results):
+    assert result.returncode == 0, (module, result.stderr[-2000:])
+    assert re.search(line, result.stderr), (module, result.stderr[-2000:])

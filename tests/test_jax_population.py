@@ -203,27 +203,45 @@ def test_optimizer_state_carries_each_models_hyperparameters(small_data_dir):
   np.testing.assert_allclose(inner['base'].inner_state.hyperparams['weight_decay'], [0.0, 0.5])
 
 
-def test_all_emotions_table_from_the_command_line(small_data_dir, tmp_path):
-  command = [sys.executable, '-m', 'lmf_jax.train', '--emotion=all', '--num_seeds=2',
-             '--epochs=2', f'--data_path={small_data_dir}', '--text_hidden=16', '--batch_size=32',
-             '--rank=2', '--audio_hidden=4', '--video_hidden=4']
-  result = subprocess.run([*command, f'--workdir={tmp_path}'], capture_output=True, text=True,
-                          check=False)
+ALL_EMOTIONS = ['-m', 'lmf_jax.train', '--emotion=all', '--num_seeds=2', '--epochs=2',
+                '--text_hidden=16', '--batch_size=32', '--rank=2', '--audio_hidden=4',
+                '--video_hidden=4']
+
+
+@pytest.fixture(scope='module', autouse=True)
+def all_emotions(small_data_dir, tmp_path_factory):
+  """`--emotion=all` from the command line, started when this module starts: it runs for a minute,
+  mostly on one core, beside the in-process tests. Beside it, --resume of a root holding no run.
+  (the command, its root, the started command, the started refusal)"""
+  command = [sys.executable, *ALL_EMOTIONS, f'--data_path={small_data_dir}']
+  directory = tmp_path_factory.mktemp('all_emotions')
+  root = directory / 'all'
+  started = [run_helpers.Started([*command, f'--workdir={root}'])]
+  try:
+    started.append(run_helpers.Started([*command, f'--workdir={directory / "none"}', '--resume']))
+    yield command, root, *started
+  finally:
+    for process in started:
+      process.kill()
+
+
+def test_all_emotions_table_from_the_command_line(all_emotions):
+  command, root, first, refusal = all_emotions
+  result = first.finish()
   assert result.returncode == 0, result.stderr
   table = result.stdout[result.stdout.index('emotion  models'):]
   for emotion in ('happy', 'sad', 'angry', 'neutral'):
     assert f'\n{emotion} ' in table
-    assert (tmp_path / emotion / records.RESULTS_JSON).exists()
+    assert (root / emotion / records.RESULTS_JSON).exists()
   assert 'paper' in table and '85.90' in table and '89.00' in table
   assert 'synthetic data' in table
   # --resume: finished emotions are reported again; a root holding no run is refused.
-  (tmp_path / 'angry' / records.RESULTS_JSON).unlink()  # as if killed before its last write
-  again = subprocess.run([*command, f'--workdir={tmp_path}', '--resume'], capture_output=True,
+  (root / 'angry' / records.RESULTS_JSON).unlink()  # as if killed before its last write
+  again = subprocess.run([*command, f'--workdir={root}', '--resume'], capture_output=True,
                          text=True, check=False)
   assert again.returncode == 0, again.stderr
   assert again.stdout[again.stdout.index('emotion  models'):] == table
-  empty = subprocess.run([*command, f'--workdir={tmp_path / "none"}', '--resume'],
-                         capture_output=True, text=True, check=False)
+  empty = refusal.finish()
   assert empty.returncode == 2
   assert empty.stderr.strip().endswith('no workdir of this command holds a run to continue')
 
@@ -319,42 +337,48 @@ def test_should_pack_when_at_most_half_still_train():
 
 @pytest.fixture(scope='module')
 def whole_run(small_data_dir, tmp_path_factory):
-  """A 2-seed population trained uninterrupted from the command line: (its command, workdir)."""
+  """A 2-seed population trained uninterrupted from the command line, and beside it, at the same
+  time, the same command killed (kill -9, no clean-up runs) after its first saved epoch:
+  (the command, the whole run's workdir, the killed run's workdir)."""
   args = [sys.executable, '-m', 'lmf_jax.train', f'--data_path={small_data_dir}', '--emotion=sad',
           '--num_seeds=2', '--epochs=40', '--patience=40', '--text_hidden=16', '--batch_size=32',
           '--rank=2', '--audio_hidden=4', '--video_hidden=4']
-  workdir = tmp_path_factory.mktemp('whole') / 'run'
-  whole = subprocess.run([*args, f'--workdir={workdir}'], capture_output=True, text=True,
-                         check=False)
-  assert whole.returncode == 0, whole.stderr[-2000:]
-  return args, workdir
+  root = tmp_path_factory.mktemp('whole')
+  workdir, cut = root / 'run', root / 'cut'
+  whole = run_helpers.Started([*args, f'--workdir={workdir}'])
+  try:
+    process = subprocess.Popen([*args, f'--workdir={cut}'], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (cut / records.TRAIN_STATE).exists() and time.monotonic() < deadline:
+      time.sleep(0.02)
+    process.kill()  # kill -9: no clean-up runs
+    process.wait()
+    result = whole.finish()
+  finally:
+    whole.kill()
+  assert result.returncode == 0, result.stderr[-2000:]
+  return args, workdir, cut
 
 
-def test_a_killed_population_resumes_bitwise_from_the_command_line(whole_run, tmp_path):
-  args, whole = whole_run
-  process = subprocess.Popen([*args, f'--workdir={tmp_path / "cut"}'],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.monotonic() + 120
-  while not (tmp_path / 'cut' / records.TRAIN_STATE).exists() and time.monotonic() < deadline:
-    time.sleep(0.02)
-  process.kill()  # kill -9: no clean-up runs
-  process.wait()
-  assert not (tmp_path / 'cut' / records.RESULTS_JSON).exists()
-  resumed = subprocess.run([*args, f'--workdir={tmp_path / "cut"}', '--resume'],
+def test_a_killed_population_resumes_bitwise_from_the_command_line(whole_run):
+  args, whole, cut = whole_run
+  assert not (cut / records.RESULTS_JSON).exists()
+  resumed = subprocess.run([*args, f'--workdir={cut}', '--resume'],
                            capture_output=True, text=True, check=False)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   a = files.read_json(whole / records.RESULTS_JSON)
-  b = files.read_json(tmp_path / 'cut' / records.RESULTS_JSON)
+  b = files.read_json(cut / records.RESULTS_JSON)
   assert [{k: m[k] for k in MEMBER_KEYS} for m in a['members']] == [
       {k: m[k] for k in MEMBER_KEYS} for m in b['members']]
-  assert run_helpers.read_bytes(tmp_path / 'cut' / records.CHECKPOINT) == run_helpers.read_bytes(
+  assert run_helpers.read_bytes(cut / records.CHECKPOINT) == run_helpers.read_bytes(
       whole / records.CHECKPOINT)
 
 
 @pytest.mark.ray
 def test_packs_on_ray_end_as_the_population_in_process(whole_run, tmp_path):
   pytest.importorskip('ray')
-  args, whole = whole_run
+  args, whole, _ = whole_run
   packs = subprocess.run([*args, f'--workdir={tmp_path / "packs"}', '--ray_address=local',
                           '--models_per_pack=1'], capture_output=True, text=True, check=False,
                          env={**os.environ, 'RAY_USAGE_STATS_ENABLED': '0'})

@@ -10,6 +10,7 @@ import pytest
 
 from engine import records
 from iemocap import files
+import run_helpers
 
 FORCE_FOUR = '--xla_force_host_platform_device_count=4'
 
@@ -47,21 +48,31 @@ def assert_same_population(a, b):
 
 
 @pytest.fixture(scope='module')
-def one_device(small_data_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('one') / 'run'
-  check(subprocess.run(population_command(small_data_dir, workdir), capture_output=True,
-                       text=True, env=environment(), check=False))
-  return files.read_json(workdir / records.RESULTS_JSON)
+def populations(small_data_dir, tmp_path_factory):
+  """{'one': the one-device run's results, 4: on four devices, 3: four devices limited to three}.
+
+  The three commands run at once: each spends most of its time compiling on one core."""
+  root = tmp_path_factory.mktemp('devices')
+  runs = {'one': ((), environment()), 4: ((), environment(FORCE_FOUR)),
+          3: (('--devices=3',), environment(FORCE_FOUR))}
+  done = run_helpers.run_concurrently(*[
+      (population_command(small_data_dir, root / str(name), *flags), {'env': env})
+      for name, (flags, env) in runs.items()])
+  for result in done:
+    check(result)
+  return {name: files.read_json(root / str(name) / records.RESULTS_JSON) for name in runs}
 
 
-def test_four_devices_and_a_limit_of_three_end_as_one(small_data_dir, tmp_path, one_device):
-  for count, flag in ((4, ()), (3, ('--devices=3',))):
-    workdir = tmp_path / f'devices{count}'
-    check(subprocess.run(population_command(small_data_dir, workdir, *flag), capture_output=True,
-                         text=True, env=environment(FORCE_FOUR), check=False))
-    record = files.read_json(workdir / records.RESULTS_JSON)
+@pytest.fixture(scope='module')
+def one_device(populations):
+  return populations['one']
+
+
+def test_four_devices_and_a_limit_of_three_end_as_one(populations):
+  for count in (4, 3):
+    record = populations[count]
     assert record['device'] == f'cpu:cpu x{count}'
-    assert_same_population(record, one_device)
+    assert_same_population(record, populations['one'])
 
 
 def test_two_processes_train_one_population_and_process_0_writes_it(small_data_dir, tmp_path,

@@ -17,6 +17,7 @@ from flags.config import Config
 from iemocap import files
 from lmf_jax import evaluate
 from lmf_jax import train
+import run_helpers
 from run_helpers import DETERMINISTIC_KEYS, check_run_outputs, read_bytes, small_config
 
 
@@ -178,15 +179,20 @@ def test_command_line_errors_are_one_line(small_data_dir, tmp_path, args, messag
 
 def test_evaluate_takes_a_workdir_and_knows_no_training_flag(finished_run):
   config, record = finished_run
-  result = run_cli('lmf_jax.evaluate', f'--checkpoint={config.workdir}', '--json')
+  refused_flags = ('--num_seeds=3', '--lr=0.1', f'--workdir={config.workdir}')
+  python = [sys.executable, '-m']
+  # Five independent commands, run at once.
+  result, *refusals, single = run_helpers.run_concurrently(
+      [*python, 'lmf_jax.evaluate', f'--checkpoint={config.workdir}', '--json'],
+      *[[*python, 'lmf_jax.evaluate', f'--checkpoint={config.workdir}', flag]
+        for flag in refused_flags],
+      [*python, 'lmf_jax.train', '--save_members', f'--data_path={config.data_path}'])
   assert result.returncode == 0, result.stderr
   report = json.loads(result.stdout)
   assert report['f1'] == record['f1'] and report['data'] == record['data']  # the run's own data
-  for flag in ('--num_seeds=3', '--lr=0.1', f'--workdir={config.workdir}'):
-    refused = run_cli('lmf_jax.evaluate', f'--checkpoint={config.workdir}', flag)
+  for flag, refused in zip(refused_flags, refusals):
     assert refused.returncode == 2, flag
     assert refused.stderr.startswith('error: Unknown command line flag'), refused.stderr
-  single = run_cli('lmf_jax.train', '--save_members', f'--data_path={config.data_path}')
   assert single.returncode == 2 and '--save_members needs' in single.stderr
 
 
@@ -199,14 +205,26 @@ def test_perf_mode_reports_step_time(small_data_dir):
   assert fps > 0
 
 
-def test_the_readme_python_example_runs(tmp_path):
-  """README's 'From Python' block, with fewer epochs and seeds, run as a user would."""
+@pytest.fixture(scope='module', autouse=True)
+def readme_example(tmp_path_factory):
+  """README's 'From Python' block, with fewer epochs and seeds, started as a user would run it when
+  this module starts: it runs on the default synthetic set for a minute, mostly on one core,
+  beside the tests above. (the block, its directory, the started process)"""
   readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md'), encoding='utf-8').read()
   block = readme.split('## From Python', 1)[1].split('```python\n', 1)[1].split('```', 1)[0]
-  assert 'train_population' in block and 'train_and_evaluate' in block
   code = block.replace('epochs=50', 'epochs=2').replace('num_seeds=8', 'num_seeds=2')
-  result = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True,
-                          text=True, check=False)
+  directory = tmp_path_factory.mktemp('readme')
+  process = run_helpers.Started([sys.executable, '-c', code], cwd=directory)
+  try:
+    yield block, directory, process
+  finally:
+    process.kill()
+
+
+def test_the_readme_python_example_runs(readme_example):
+  block, directory, process = readme_example
+  assert 'train_population' in block and 'train_and_evaluate' in block
+  result = process.finish()
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'test F1' in result.stdout and 'over 2 seeds' in result.stdout
-  assert (tmp_path / 'runs' / 'sad-seeds' / records.RESULTS_JSON).exists()
+  assert (directory / 'runs' / 'sad-seeds' / records.RESULTS_JSON).exists()

@@ -37,21 +37,33 @@ def by_check(results):
   return {r.check: r for r in results}
 
 
+@pytest.fixture(scope='module')
+def command_run(small_data_dir, tmp_path_factory):
+  """`python -m parity` on two presets at once, in its two worker processes: happy (rank 1) and
+  neutral (rank 16), both LSTM sizes, in float32 and float64. (the process, its JSON records)"""
+  out = tmp_path_factory.mktemp('parity') / 'parity.json'
+  result = subprocess.run([sys.executable, '-m', 'parity', f'--data_path={small_data_dir}',
+                           '--emotion=happy,neutral', '--seeds=0', '--epochs=2', '--jobs=2',
+                           f'--json={out}'], capture_output=True, text=True, check=False)
+  return result, json.loads(out.read_text()) if out.exists() else None
+
+
 @pytest.mark.parametrize('emotion', ['happy', 'neutral'])  # rank 1 and rank 16, both LSTM sizes
-def test_every_check_passes_in_float32_and_float64(emotion, small_data_dir, tmp_path):
-  results = checks.run_emotion(emotion, formats.load(small_data_dir, emotion), epochs=2,
-                               seeds=0, workdir=str(tmp_path))
-  failed = [str(r) for r in results if not r.passed]
+def test_every_check_passes_in_float32_and_float64(emotion, command_run):
+  result, records = command_run
+  assert records is not None, result.stdout + result.stderr
+  results = [r for r in records if r['emotion'] == emotion]
+  failed = [r for r in results if not r['passed']]
   assert not failed, failed
-  names = {(r.check, r.dtype) for r in results}
+  names = {(r['check'], r['dtype']) for r in results}
   for check in ('conversion', 'eval_logits', 'train_logits', 'running_stats', 'gradients',
                 'adam_50_steps', 'adam_50_steps_stats', 'same_weights_metrics', 'short_training_f1',
                 'short_training_losses', 'checkpoint_round_trip'):
     assert (check, 'float32') in names and (check, 'float64') in names, check
   assert ('amp_logits', 'bfloat16') in names
-  assert sorted(r.where for r in results if r.check == 'onnx_logits') == [
+  assert sorted(r['where'] for r in results if r['check'] == 'onnx_logits') == [
       'opset 11 graph in ONNX Runtime vs JAX', 'opset 17 graph in ONNX Runtime vs JAX']
-  float64 = {r.check: r.max_diff for r in results if r.dtype == 'float64'}
+  float64 = {r['check']: r['max_diff'] for r in results if r['dtype'] == 'float64'}
   assert float64['eval_logits'] < 1e-12 and float64['gradients'] < 1e-12
   assert float64['adam_50_steps'] < 1e-11
 
@@ -151,19 +163,18 @@ def test_failures_name_check_emotion_parameter_and_tolerance():
   assert not checks.Result('x', 'sad', 'float32', float('nan'), 1.0).passed
 
 
-def test_command_writes_json_and_exits_nonzero_only_on_failure(small_data_dir, tmp_path):
-  out = tmp_path / 'parity.json'
-  result = subprocess.run([sys.executable, '-m', 'parity', f'--data_path={small_data_dir}',
-                           '--emotion=happy', '--dtypes=float32', '--seeds=0', '--epochs=1',
-                           f'--json={out}'], capture_output=True, text=True, check=False)
+def test_command_writes_json_and_exits_nonzero_only_on_failure(command_run, capsys):
+  result, records = command_run
   assert result.returncode == 0, result.stdout + result.stderr
   assert 'max diff' in result.stdout and 'checks passed' in result.stdout
-  records = json.loads(out.read_text())
   assert {'check', 'emotion', 'max_diff', 'tol', 'passed'} <= set(records[0])
   assert all(r['passed'] for r in records)
-  bad = subprocess.run([sys.executable, '-m', 'parity', '--emotion=joy'], capture_output=True,
-                       text=True, check=False)
-  assert bad.returncode == 2 and bad.stderr.startswith("error: unknown emotion 'joy'")
+  assert {r['emotion'] for r in records} == {'happy', 'neutral'}  # both presets of --emotion
+  # The exit code of a refusal: main's return value is the process's (python -m parity's own
+  # refusals in a process are in test_failures.py).
+  from parity import __main__ as parity_main  # pylint: disable=import-outside-toplevel
+  assert parity_main.main(['--emotion=joy']) == 2
+  assert capsys.readouterr().err.startswith("error: unknown emotion 'joy'")
 
 
 def test_a_failing_check_exits_1_and_still_writes_valid_json(small_data_dir, tmp_path,

@@ -27,11 +27,9 @@ N = 9
 
 
 @pytest.fixture(scope='module')
-def workdirs(small_data_dir, tmp_path_factory):
-  """{backend: workdir} of one small finished run per backend."""
-  root = tmp_path_factory.mktemp('predict-runs')
-  return {backend: run_helpers.train_small(small_data_dir, root / backend, backend)
-          for backend in ('jax', 'torch')}
+def workdirs(small_runs):
+  """{backend: workdir} of one small finished run per backend (conftest's, shared with export)."""
+  return {backend: small_runs[backend] for backend in ('jax', 'torch')}
 
 
 def features(seed=0, n=N, audio_dim=data_lib.AUDIO_DIM, with_ids=True):

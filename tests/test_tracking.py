@@ -50,11 +50,24 @@ def command(data_dir, workdir, *extra):
           '--emotion=sad', '--seed=1', *SMALL, *extra]
 
 
-def test_a_run_writes_its_epochs_and_hyperparameters(small_data_dir, tmp_path):
-  workdir = tmp_path / 'run'
-  result = subprocess.run(command(small_data_dir, workdir, '--epochs=4', '--patience=3'),
-                          capture_output=True, text=True, check=False)
-  assert result.returncode == 0, result.stderr[-2000:]
+WHOLE = ('--epochs=12', '--patience=12')
+
+
+@pytest.fixture(scope='module')
+def finished(small_data_dir, tmp_path_factory):
+  """Two finished commands, run at once: a 12-epoch run and a population of 3 seeds x 2 learning
+  rates for 3 epochs. {'whole': workdir, 'seeds': workdir}"""
+  root = tmp_path_factory.mktemp('tracking')
+  runs = {'whole': WHOLE, 'seeds': ('--epochs=3', '--num_seeds=3', '--sweep=lr=0.003,0.01')}
+  done = run_helpers.run_concurrently(*[command(small_data_dir, root / name, *args)
+                                        for name, args in runs.items()])
+  for result in done:
+    assert result.returncode == 0, result.stderr[-2000:]
+  return {name: root / name for name in runs}
+
+
+def test_a_run_writes_its_epochs_and_hyperparameters(finished):
+  workdir = finished['whole']
   history = records.read_metrics(workdir)
   record = files.read_json(workdir / records.RESULTS_JSON)
   scalars, plugins = read_scalars(workdir)
@@ -68,18 +81,15 @@ def test_a_run_writes_its_epochs_and_hyperparameters(small_data_dir, tmp_path):
   assert 'hparams' in plugins
 
 
-def test_a_resumed_run_shows_each_epoch_once(small_data_dir, tmp_path):
-  whole, cut = tmp_path / 'whole', tmp_path / 'cut'
-  args = ['--epochs=12', '--patience=12']
-  assert subprocess.run(command(small_data_dir, whole, *args), capture_output=True,
-                        check=False).returncode == 0
-  process = subprocess.Popen(command(small_data_dir, cut, *args), stdout=subprocess.DEVNULL,
+def test_a_resumed_run_shows_each_epoch_once(small_data_dir, finished, tmp_path):
+  whole, cut = finished['whole'], tmp_path / 'cut'
+  process = subprocess.Popen(command(small_data_dir, cut, *WHOLE), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
   while len(records.read_metrics(cut)) < 3 and process.poll() is None:
     time.sleep(0.01)
   process.send_signal(signal.SIGKILL)
   process.wait()
-  resumed = subprocess.run(command(small_data_dir, cut, *args, '--resume'), capture_output=True,
+  resumed = subprocess.run(command(small_data_dir, cut, *WHOLE, '--resume'), capture_output=True,
                            text=True, check=False)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert len(glob.glob(str(cut / 'events.out.tfevents.*'))) >= 2  # one per process
@@ -89,12 +99,8 @@ def test_a_resumed_run_shows_each_epoch_once(small_data_dir, tmp_path):
   assert got['loss/valid'] == want['loss/valid']  # a resumed run is bitwise the whole one
 
 
-def test_a_population_writes_one_series_per_member_and_the_spread(small_data_dir, tmp_path):
-  workdir = tmp_path / 'seeds'
-  result = subprocess.run(command(small_data_dir, workdir, '--epochs=3', '--num_seeds=3',
-                                  '--sweep=lr=0.003,0.01'),
-                          capture_output=True, text=True, check=False)
-  assert result.returncode == 0, result.stderr[-2000:]
+def test_a_population_writes_one_series_per_member_and_the_spread(finished):
+  workdir = finished['seeds']
   scalars, plugins = read_scalars(workdir)
   history = records.read_metrics(workdir)
   for member in range(6):
