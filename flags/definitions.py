@@ -133,11 +133,17 @@ def targets_in(data_path):
 
 def population_configs(values=FLAGS):
   """The Config of each emotion a population command trains: the one of --emotion, or with
-  --emotion=all the four, each in <--workdir>/<emotion> when --workdir is given."""
+  --emotion=all the four (a regression file's one target), each in <--workdir>/<emotion> when
+  --workdir is given."""
   if values.emotion.strip().lower() != 'all':
     return [config_from_flags(values)]
+  data_path = os.path.abspath(os.path.expanduser(values.data_path)) if values.data_path else ''
+  try:
+    targets = targets_in(data_path) if data_path else EMOTIONS
+  except DataError as e:
+    raise ConfigError(str(e)) from None
   configs = []
-  for emotion in EMOTIONS:
+  for emotion in targets:
     config = config_from_flags(values, emotion)
     if values.workdir:
       config = dataclasses.replace(config, workdir=os.path.join(values.workdir, emotion))
