@@ -23,7 +23,6 @@ from iemocap import metrics
 from iemocap import synthetic_formats
 from lmf_jax import predict as jax_predict
 from lmf_jax import train as jax_train
-from lmf_torch_npu import evaluate as torch_evaluate
 import run_helpers
 
 SIZES = (64, 24, 32)
