@@ -15,7 +15,7 @@ def open_dataset(config: Config) -> tuple[Dataset, bool, str]:
   non-finite feature values each split had replaced. A regression set must have as many
   targets per utterance as the config's model has outputs."""
   dataset, is_synthetic, note = _open_dataset(config)
-  if dataset.outputs != config.output_dim:
+  if dataset.task == 'regression' and dataset.outputs != config.output_dim:
     raise DataError(f'{dataset.path} has {dataset.outputs} {config.emotion} values per utterance '
                     f'but the model has {config.output_dim} outputs: leave --output_dim out (the '
                     'data decides it)')

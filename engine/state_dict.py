@@ -172,7 +172,8 @@ def bare_config(arrays, emotion, path):
     raise CheckpointError(f'{what} does not record which emotion it was trained for: pass '
                           f'--emotion={"|".join(data_lib.EMOTIONS)}')
   # One output: the 2018 train_mosi.py's sentiment; more: train_pom.py's traits.
-  emotion = emotion or ('sentiment' if outputs == 1 else 'traits')
+  emotion = data_lib.normalize_emotion(emotion) if emotion else (
+      'sentiment' if outputs == 1 else 'traits')
   if (data_lib.task_of(emotion) == 'classification') != (outputs == 2):
     raise CheckpointError(f'{what} has {outputs} output(s), which a {emotion} model cannot have '
                           '(an emotion: 2 classes; sentiment: 1; traits: one each)')

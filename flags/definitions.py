@@ -34,9 +34,10 @@ def define_data_flags(flag_values=FLAGS):
                       'for IEMOCAP, as the seed; sentiment for CMU-MOSI/MOSEI and CH-SIMS; '
                       'traits for POM).', **where)
   flags.DEFINE_string('data_path', '', 'iemocap.pkl / iemocap.npz, MulT\'s iemocap_data.pkl, or a '
-                      'directory holding one (`python -m iemocap inspect` tells what a file '
-                      'holds); empty: the synthetic stand-in (generated once, then cached).',
-                      **where)
+                      'directory holding one; a regression file (2018 mosi.pkl / pom.pkl, '
+                      'MulT, MMSA, a CMU-SDK .csd set); `python -m iemocap inspect` tells what '
+                      'a file holds. Empty: the synthetic stand-in of the target (generated '
+                      'once, then cached).', **where)
   flags.DEFINE_alias('data_url', 'data_path', **where)
 
 

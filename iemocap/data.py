@@ -128,6 +128,12 @@ class Dataset:
     """The model outputs the task needs: 2 classes, or one per regression target column."""
     return 2 if self.task == 'classification' else int(self.train.label.shape[1])
 
+  @property
+  def loss_terms(self):
+    """Loss terms per utterance a reported loss averages over: 1, or each regression target
+    (train_pom.py reports its summed L1 per utterance and per trait)."""
+    return 1 if self.task == 'classification' else self.outputs
+
   def split(self, name):
     if name not in SPLITS:
       raise DataError(f'unknown split {name!r}: choose one of {", ".join(SPLITS)}')

@@ -353,6 +353,9 @@ def load(path, emotion):
   regression = load_regression(source)
   splits = {}
   for name, split in regression.splits.items():
+    if split.text_nonfinite:
+      raise DataError(f'{source.path}: text of split {name} holds {split.text_nonfinite} NaN or '
+                      'inf values: the file is damaged (the 2018 IEMOCAP file is refused alike)')
     # Sentiment is column 0: CH-SIMS's unimodal T, A, V labels that follow it are not trained.
     label = split.label[:, :1] if target == 'sentiment' else split.label
     splits[name] = data_lib.Split(audio=split.audio, visual=split.visual, text=split.text,
@@ -376,6 +379,9 @@ def default_target(source):
 
 def label_columns(source):
   """Regression targets per utterance in a non-IEMOCAP source (POM: one per trait)."""
+  if source.is_iemocap:
+    raise DataError(f'{source.path} holds IEMOCAP emotions, not traits: pass --emotion='
+                    f'{"|".join(data_lib.EMOTIONS)}')
   split = load_regression(source).splits['train']
   return int(split.label.shape[1])
 

@@ -49,8 +49,8 @@ def define_export_flags(opsets, dtypes):
                       'size K.')
   flags.DEFINE_enum('dtype', dtypes[0], dtypes, 'Weights, inputs and logits; float16 keeps '
                     'BatchNorm in float32 (as the NPU trainer\'s O2 does).')
-  flags.DEFINE_string('emotion', '', f'{"|".join(EMOTIONS)}: needed for a bare 2018 state_dict; '
-                      'empty: the checkpoint\'s own.')
+  flags.DEFINE_string('emotion', '', f'{"|".join(EMOTIONS)}: needed for a bare two-class 2018 '
+                      'state_dict; empty: the checkpoint\'s own.')
   flags.DEFINE_string('features', '', 'Check the graph with onnxruntime on these utterances (a '
                       'features .npz or a data file); empty: on seeded random ones.')
   flags.DEFINE_enum('split', 'test', SPLITS, 'The split of a data file given as --features.')

@@ -16,13 +16,13 @@ def at_least_float32(x):
 
 def loss_sum(outputs, labels):
   """The 2018 loss of the task the labels' dtype names, summed over the batch
-  (size_average=False), never in fp16: cross-entropy of class ids; L1 of float targets, over
-  several targets their mean (the 2018 train_pom.py reports its summed L1 divided by the 16
-  traits)."""
+  (size_average=False), never in fp16: cross-entropy of class ids; L1 of float targets, summed
+  over every target too (train_pom.py back-propagates that sum; the engine reports it per
+  target)."""
   outputs = at_least_float32(outputs)
   if not labels.dtype.is_floating_point:
     return F.cross_entropy(outputs, labels, reduction='sum')
-  return F.l1_loss(outputs, labels.to(outputs.dtype), reduction='sum') / outputs.shape[-1]
+  return F.l1_loss(outputs, labels.to(outputs.dtype), reduction='sum')
 
 
 def train_step(model, tx, batch, amp):

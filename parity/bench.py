@@ -180,6 +180,10 @@ def main(argv=None):
       cli.check_output_file(args.json, '--json')
     emotions = (data_lib.EMOTIONS if args.emotion == 'all'
                 else [data_lib.normalize_emotion(args.emotion)])
+    if emotions[0] not in data_lib.EMOTIONS:
+      raise data_lib.DataError(f'--emotion={args.emotion}: this benchmark measures the four '
+                               'IEMOCAP presets; choose all or one of '
+                               + ', '.join(data_lib.EMOTIONS))
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

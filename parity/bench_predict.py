@@ -146,6 +146,10 @@ def main(argv=None):
   try:
     emotions = (data_lib.EMOTIONS if args.emotion.strip().lower() == 'all'
                 else [data_lib.normalize_emotion(args.emotion)])
+    if emotions[0] not in data_lib.EMOTIONS:
+      raise data_lib.DataError(f'--emotion={args.emotion}: this benchmark measures the four '
+                               'IEMOCAP presets; choose all or one of '
+                               + ', '.join(data_lib.EMOTIONS))
     if args.json:
       cli.check_output_file(args.json, '--json')
   except UserError as e:

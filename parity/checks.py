@@ -322,7 +322,8 @@ def check_adam_steps(pair, dataset, emotion, steps=ADAM_STEPS):
   diff, where = worst({k: ours[k] for k in params}, {k: theirs[k] for k in params})
   stats_diff, stats_where = worst({k: ours[k] for k in stats}, {k: theirs[k] for k in stats},
                                   relative=True)
-  return [result('adam_50_steps', emotion, pair.dtype, diff, where),
+  name = 'adam_50_steps' if config.task == 'classification' else 'adam_50_steps_regression'
+  return [result(name, emotion, pair.dtype, diff, where),
           result('adam_50_steps_stats', emotion, pair.dtype, stats_diff, stats_where)]
 
 

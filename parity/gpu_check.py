@@ -68,7 +68,8 @@ class Plan:
 
 FULL = Plan(perf_emotions=('sad', 'happy', 'angry', 'neutral'), perf_steps=200,
             num_seeds=(16, 64, 256), seed_emotions=('sad', 'angry'),
-            parity=('--emotion=all', '--jobs=4'), main=(), shapes=(), budget_s=420,
+            parity=('--emotion=happy,sad,angry,neutral', '--jobs=4'), main=(), shapes=(),
+            budget_s=420,
             timeout_s={'devices': 120, 'perf': 120, 'main': 240, 'parity': 300, 'num_seeds': 150})
 QUICK = Plan(perf_emotions=('sad',), perf_steps=5, num_seeds=(4,), seed_emotions=('sad',),
              parity=('--emotion=sad', '--dtypes=float32', '--seeds=0', '--epochs=1',

@@ -56,6 +56,13 @@ TOLERANCES = {
                                          'larger of 3 F1 points and 3 standard errors'),
     # Regression targets (sentiment, traits): MAE and the other figures are continuous in the
     # outputs, so they agree to the outputs' rounding rather than exactly.
+    ('adam_50_steps_regression', 'float32'): (1e-3, 'max |param diff| after 50 Adam+L2 steps on '
+                                               'an L1 loss, whose gradient is a sign per target: '
+                                               'measured 1.9e-5 (sentiment) and 3e-4 (traits, 16 '
+                                               'targets, the sum train_pom.py back-propagates), '
+                                               'while float64 agrees to 3e-15, so the maths is the '
+                                               'same; the float32 spread is not root-caused'),
+    ('adam_50_steps_regression', 'float64'): (1e-11, 'same algorithm in float64, 50 steps'),
     ('same_weights_figures', 'float32'): (1e-5, 'identical weights: MAE, r and the binary '
                                           'figures of outputs that differ by ~1e-7'),
     ('same_weights_figures', 'float64'): (1e-12, 'same algorithm in float64'),

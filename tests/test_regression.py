@@ -116,6 +116,7 @@ def test_a_2018_pom_file_trains_every_trait_with_the_torch_command(stand_ins, tm
   assert (record['emotion'], record['task']) == ('traits', 'regression')
   assert len(record['mae_per_target']) == len(record['corr_per_target']) == 16
   assert record['mae'] == pytest.approx(np.mean(record['mae_per_target']))
+  assert record['test_loss'] == pytest.approx(record['mae'], rel=1e-5)  # per utterance and trait
   assert record['acc2_has0'] is None and record['acc7'] is None
   arrays, _ = state_dict.load(os.path.join(workdir, records.CHECKPOINT))
   assert arrays['fusion_bias'].shape == (1, 16)
@@ -230,6 +231,25 @@ def test_parity_holds_on_the_traits_preset():
   failed = [str(r) for r in results if not r.passed]
   assert not failed, failed
   assert {r.check for r in results} >= {
-      'conversion', 'eval_logits', 'gradients', 'adam_50_steps', 'same_weights_figures',
+      'conversion', 'eval_logits', 'gradients', 'adam_50_steps_regression', 'same_weights_figures',
       'short_training_mae', 'short_training_losses', 'checkpoint_round_trip_mae', 'onnx_logits',
       'dropout_training_mae'}
+
+
+def test_what_a_regression_target_cannot_take_is_one_line(small_data_file, stand_ins, tmp_path,
+                                                           capsys):
+  with pytest.raises(definitions.ConfigError, match='holds IEMOCAP emotions, not traits'):
+    definitions.config_from_flags(_flag_values('--emotion=traits',
+                                               f'--data_path={small_data_file}'))
+  from iemocap import pickle_io  # pylint: disable=import-outside-toplevel
+  with open(stand_ins['lmf2018-mosi'], 'rb') as f:
+    raw = pickle_io.restricted_load(f)
+  raw['valid']['glove'][3, 2, 1] = np.nan
+  damaged = tmp_path / 'mosi.pkl'
+  damaged.write_bytes(__import__('pickle').dumps(raw, protocol=4))
+  with pytest.raises(formats.DataError, match='text of split valid holds 1 NaN or inf'):
+    formats.load(str(damaged), 'sentiment')
+  from parity import bench, bench_predict  # pylint: disable=import-outside-toplevel
+  for tool in (bench, bench_predict):  # both measure the IEMOCAP presets only
+    assert tool.main(['--emotion=sentiment']) == 2
+    assert 'measures the four IEMOCAP presets' in capsys.readouterr().err
