@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging
 
 from engine.errors import StopRequested
+from flags.errors import ConfigError
 from iemocap.errors import UserError
 
 # What to do about an OS error, by errno; the rest get the system's own words only.
@@ -169,3 +170,16 @@ def reuse_freed_memory():
     return False
   m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
   return all([mallopt(m_mmap_max, 0), mallopt(m_trim_threshold, 2**31 - 1)])
+
+
+def parse_batch(text):
+  """An export command's --batch: None for 'dynamic', else the fixed batch size."""
+  if text == 'dynamic':
+    return None
+  try:
+    batch = int(text)
+  except ValueError:
+    batch = 0
+  if batch < 1:
+    raise ConfigError(f'--batch={text}: dynamic, or a batch size >= 1')
+  return batch

@@ -92,19 +92,6 @@ def check(serialized, arrays, config, batch=None):
   return worst
 
 
-def parse_batch(text):
-  """None for 'dynamic', else the fixed batch size."""
-  if text == 'dynamic':
-    return None
-  try:
-    batch = int(text)
-  except ValueError:
-    batch = 0
-  if batch < 1:
-    raise ConfigError(f'--batch={text}: dynamic, or a batch size >= 1')
-  return batch
-
-
 def check_out(path, overwrite):
   if not path:
     raise ConfigError('--out is required: the file to write the exported program to')
@@ -122,7 +109,7 @@ def main(argv):
   if not values.checkpoint:
     raise ConfigError('--checkpoint is required: a checkpoint, a workdir or a 2018 state_dict')
   check_out(values.out, values.overwrite)
-  batch = parse_batch(values.batch)
+  batch = cli.parse_batch(values.batch)
   platforms = tuple(p.strip() for p in values.platforms.split(',') if p.strip())
   path, arrays, config, metadata = prediction.load(values.checkpoint, values.emotion)
   serialized = export(arrays, config, batch, platforms)

@@ -156,19 +156,6 @@ def check(onnx_bytes, arrays, config, utterances, batch=None):
   return float(np.max(np.abs(ours - theirs))), agree
 
 
-def parse_batch(text):
-  """None for 'dynamic', else the fixed batch size."""
-  if text == 'dynamic':
-    return None
-  try:
-    batch = int(text)
-  except ValueError:
-    batch = 0
-  if batch < 1:
-    raise ConfigError(f'--batch={text}: dynamic, or a batch size >= 1')
-  return batch
-
-
 def check_out(path, overwrite):
   if not path.lower().endswith('.onnx'):
     raise ConfigError(f'--out={path or "(empty)"}: name the .onnx file to write')
@@ -185,7 +172,7 @@ def main(argv):
   if not values.checkpoint:
     raise ConfigError('--checkpoint is required: a checkpoint, a workdir or a 2018 state_dict')
   check_out(values.out, values.overwrite)
-  batch = parse_batch(values.batch)
+  batch = cli.parse_batch(values.batch)
   path, arrays, config, metadata = prediction.load(values.checkpoint, values.emotion)
   onnx_bytes = export_onnx(arrays, config, values.opset, batch, values.dtype)
   utterances = check_utterances(state_dict.input_dims(arrays), values.features, config.emotion,

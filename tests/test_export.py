@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
+from engine import cli
 from engine import prediction
 from engine import records
 from engine import state_dict
@@ -101,7 +102,7 @@ def test_export_refuses_bad_requests_in_one_line(jax_workdir, tmp_path):
   with pytest.raises(ConfigError, match='--opset=9: choose 11 to 20'):
     export.export_onnx(arrays, config, opset=9)
   with pytest.raises(ConfigError, match='--batch=0: dynamic, or a batch size >= 1'):
-    export.parse_batch('0')
+    cli.parse_batch('0')
   (tmp_path / 'model.onnx').write_bytes(b'mine')
   with pytest.raises(ConfigError, match='exists: choose another --out, or pass --overwrite'):
     export.check_out(str(tmp_path / 'model.onnx'), overwrite=False)

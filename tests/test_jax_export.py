@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from engine import cli
 from lmf_jax import export
 from lmf_jax import predict
 import run_helpers
@@ -50,4 +51,4 @@ def test_a_fixed_batch_takes_that_batch_only(workdir, tmp_path):
   with pytest.raises(export.ConfigError, match='--platforms=gpu'):
     export.export(arrays, config, platforms=('gpu',))
   with pytest.raises(export.ConfigError, match='--batch=0'):
-    export.parse_batch('0')
+    cli.parse_batch('0')
