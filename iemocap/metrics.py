@@ -43,9 +43,16 @@ def classification_metrics(labels, logits):
 # What a test split is scored by, per task, in results.json's names; a population reports each
 # one's mean and spread over its chosen setting's seeds.
 FIGURES = {'classification': ('f1', 'accuracy'),
-           'regression': ('mae', 'corr', 'acc2_has0', 'f1_has0', 'acc2_non0', 'f1_non0', 'acc7')}
+           'regression': ('mae', 'corr', 'acc2_has0', 'f1_has0', 'acc2_non0', 'f1_non0', 'acc7',
+                          'acc3', 'acc5')}
 # Sets whose sentiment is a [-3, 3] score, where 7-class accuracy is reported.
 SEVEN_CLASS_SETS = ('CMU-MOSI', 'CMU-MOSEI')
+# CH-SIMS scores sentiment in [-1, 1] and is reported in 3 and 5 classes with these upper class
+# bounds (negative, neutral, positive; then strongly and weakly either way), each bound belonging
+# to the class below it, after clipping the predictions to [-1, 1]: the convention of the
+# CH-SIMS paper's (MMSA's) evaluation.
+SIMS_CLASS_BOUNDS = {'acc3': (-0.1, 0.1), 'acc5': (-0.7, -0.1, 0.1, 0.7)}
+SIMS_SETS = ('CH-SIMS',)
 
 
 def pearson(a, b):
@@ -62,16 +69,18 @@ def regression_metrics(labels, outputs, corpus=''):
   `mae` and `corr` (Pearson, the mean over columns when K > 1, None if a column is constant);
   for one target also binary accuracy and weighted F1 in both conventions papers use: `_has0`
   counts a zero label as positive (y >= 0 against prediction >= 0, the 2018 code's), `_non0`
-  leaves zero labels out (y > 0 against prediction > 0, MulT's and MMSA's); and `acc7`, both
-  sides clipped to [-3, 3] and rounded, for the sets scored on that scale (None elsewhere). With
-  several targets (POM's traits) the per-target MAE and r come as lists.
+  leaves zero labels out (y > 0 against prediction > 0, MulT's and MMSA's); `acc7`, both
+  sides clipped to [-3, 3] and rounded, for the sets scored on that scale; `acc3` and `acc5`
+  for CH-SIMS (SIMS_CLASS_BOUNDS); None where a figure does not apply. With several targets
+  (POM's traits) the per-target MAE and r come as lists.
   """
   labels = np.asarray(labels, np.float64).reshape(len(labels), -1)
   outputs = np.asarray(outputs, np.float64).reshape(labels.shape)
   columns = [pearson(outputs[:, k], labels[:, k]) for k in range(labels.shape[1])]
   result = {'mae': float(np.mean(np.abs(outputs - labels))),
             'corr': None if None in columns else float(np.mean(columns)),
-            'acc2_has0': None, 'f1_has0': None, 'acc2_non0': None, 'f1_non0': None, 'acc7': None}
+            **dict.fromkeys(('acc2_has0', 'f1_has0', 'acc2_non0', 'f1_non0', 'acc7', 'acc3',
+                             'acc5'))}
   if labels.shape[1] > 1:
     result['mae_per_target'] = np.mean(np.abs(outputs - labels), axis=0).tolist()
     result['corr_per_target'] = columns
@@ -84,7 +93,17 @@ def regression_metrics(labels, outputs, corpus=''):
     result['f1_non0'] = weighted_f1(y[nonzero] > 0, p[nonzero] > 0)
   if corpus in SEVEN_CLASS_SETS:
     result['acc7'] = accuracy(np.round(np.clip(y, -3, 3)), np.round(np.clip(p, -3, 3)))
+  if corpus in SIMS_SETS:
+    for key, bounds in SIMS_CLASS_BOUNDS.items():
+      result[key] = accuracy(sims_classes(y, bounds), sims_classes(p, bounds))
   return result
+
+
+def sims_classes(scores, bounds):
+  """Class indices of [-1, 1] scores: class k holds bounds[k-1] < score <= bounds[k]. Compared
+  in float32, where CH-SIMS's labels live (in float64 float32(0.1) would fall above 0.1)."""
+  clipped = np.clip(np.asarray(scores, np.float32), -1, 1)
+  return np.digitize(clipped, np.asarray(bounds, np.float32), right=True)
 
 
 def test_figures(task, labels, outputs, corpus=''):

@@ -54,7 +54,19 @@ def test_regression_figures_follow_their_definitions():
   assert got['acc2_has0'] != got['acc2_non0']  # the zeros make the conventions differ here
   seven = np.round(np.clip(outputs, -3, 3)) == np.round(np.clip(labels, -3, 3))
   assert got['acc7'] == np.mean(seven)
-  assert metrics.regression_metrics(labels[:, None], outputs[:, None], 'CH-SIMS')['acc7'] is None
+  assert got['acc3'] is None and got['acc5'] is None  # CH-SIMS's figures
+  sims_labels = (np.round(rng.uniform(-1, 1, 200) * 5) / 5).astype(np.float32)  # fifths, as SIMS
+  sims_outputs = (sims_labels + rng.normal(0, 0.3, 200)).astype(np.float32)
+  sims = metrics.regression_metrics(sims_labels[:, None], sims_outputs[:, None], 'CH-SIMS')
+  assert sims['acc7'] is None
+  def classes(v, bounds):  # noqa: E306  the bound itself belongs to the class below it
+    v = np.clip(v, -1, 1)
+    return sum((v > np.float32(b)).astype(int) for b in bounds)
+  for key, bounds in (('acc3', (-0.1, 0.1)), ('acc5', (-0.7, -0.1, 0.1, 0.7))):
+    assert sims[key] == np.mean(classes(sims_labels, bounds) == classes(sims_outputs, bounds))
+  assert 0 < sims['acc5'] < sims['acc3'] < 1
+  assert metrics.sims_classes(np.float32([-0.7, -0.1, 0.1, 0.7, 5]), (-0.7, -0.1, 0.1, 0.7)).tolist(
+      ) == [0, 1, 2, 3, 4]
   assert metrics.regression_metrics(labels[:, None], np.zeros((200, 1)))['corr'] is None
   traits = metrics.regression_metrics(np.stack([labels, -labels], 1),
                                       np.stack([outputs, labels], 1))
@@ -77,7 +89,10 @@ def test_a_mult_mosi_file_trains_sentiment_with_the_jax_command(stand_ins, tmp_p
   record = _result(workdir)
   assert (record['emotion'], record['task']) == ('sentiment', 'regression')
   for key in metrics.FIGURES['regression'] + ('baseline_mae',):
-    assert isinstance(record[key], float), key  # acc7 too: MOSI is scored on [-3, 3]
+    if key in metrics.SIMS_CLASS_BOUNDS:
+      assert record[key] is None, key  # CH-SIMS's classes only
+    else:
+      assert isinstance(record[key], float), key  # acc7 too: MOSI is scored on [-3, 3]
   assert record['test_loss'] == pytest.approx(record['mae'], rel=1e-5)  # L1 is the MAE
   assert 'MAE' in result.stdout and '7-class accuracy' in result.stdout
   with open(workdir / records.RESULTS_CSV, newline='') as f:
@@ -150,6 +165,7 @@ def test_populations_of_sentiment_models_in_both_backends(stand_ins, tmp_path):
     chosen = min(record['members'], key=lambda m: m['best_valid_loss'])
     assert record['mae'] == chosen['mae'] and record['seed'] == chosen['seed']
     assert (record['acc7'] is not None) == seven  # CH-SIMS is not scored on [-3, 3]
+    assert (record['acc3_mean'] is None) == seven and (record['acc5'] is None) == seven
     assert 'MAE  mean' in (jax_run if workdir == jax_dir else torch_run).stdout
 
 
