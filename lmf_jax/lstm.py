@@ -80,7 +80,7 @@ def _activate(gates):
   one transcendental per element instead of a tanh and a sigmoid (exp and divide) on each.
   """
   by_gate = gates.reshape(gates.shape[0], 4, -1)
-  squashed = jnp.tanh(by_gate * _TANH_SCALE)
+  squashed = jnp.tanh(by_gate * _TANH_SCALE.astype(by_gate.dtype))
   return jnp.where(_GATE == 2, squashed, 0.5 * squashed + 0.5)
 
 
