@@ -1,17 +1,21 @@
-"""`python -m parity.bench_predict [--emotion=sad|all] [--batch_size=512] [--json=OUT]`: inference
-speed of both Predictors (and of the exported graph in ONNX Runtime) beside the forward pass's
-FLOP roofline on this machine.
+"""`python -m parity.bench_predict [--emotion=sad|all] [--batch_size=512] [--rounds=5]
+[--utterances=8192] [--json=OUT]`: inference speed of both Predictors (and of the exported graph in
+ONNX Runtime) beside the forward pass's FLOP roofline on this machine.
 
-Batch-1 latency is the median of `Predictor.logits` on one utterance (host arrays in, host
-logits out, as an application calls it); throughput is the best of 5 passes over 8192
-utterances in batches of --batch_size. The roofline is the machine's float32 matmul rate (the
-better of numpy's and torch's on a 4096^2 product, measured in the same process right after)
-over the forward pass's matmul FLOPs per utterance, counted from the model's sizes. Each
-contender runs in a fresh process, one at a time. A benchmark, not a test: figures vary with
-the machine and its load.
+Each contender lives in its own process, loaded and warmed up once; the processes then take
+turns, one timed pass each per round, and every round also measures the machine's float32
+matmul rate. Interleaving makes the contenders share whatever load the machine carries
+(a shared machine's load moved one contender's figures by 2x between runs minutes apart
+when each ran alone). Batch-1 latency is the median of `Predictor.logits` on one utterance
+(host arrays in, host logits out, as an application calls it); throughput is the median
+over rounds of a pass over --utterances in batches of --batch_size, and the best round is
+reported too. The roofline is the median matmul rate (the better of numpy's and torch's on a
+4096^2 product) over the forward pass's matmul FLOPs per utterance, counted from the model's
+sizes. A benchmark, not a test: figures vary with the machine and its load.
 """
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import statistics
@@ -34,6 +38,10 @@ from iemocap.errors import UserError
 
 CONTENDERS = ('lmf_jax', 'lmf_torch_npu', 'onnxruntime')
 UTTERANCES = 8192
+MATMUL_SIZE = 4096
+# A pause before each timed pass, so that the last contender's thread pools (ONNX Runtime's and
+# OpenMP's spin after work by default) have gone to sleep before the next one starts.
+SETTLE_S = 0.5
 STEPS = 20  # GloVe steps per utterance in the 2018 data
 LATENCY_CALLS = 200
 
@@ -60,7 +68,7 @@ def lstm_flops(config, input_dims=state_dict.DEFAULT_INPUT_DIMS, steps=STEPS):
   return steps * 2 * 4 * hidden * (input_dims[2] + hidden)
 
 
-def matmul_gflops(size=4096, repeats=5):
+def matmul_gflops(size=MATMUL_SIZE, repeats=5):
   """This machine's float32 matmul rate (GFLOP/s): the better of numpy's and torch's."""
   a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
   best = 0.0
@@ -92,33 +100,72 @@ def _predictor(contender, checkpoint_path, batch_size):
   return logits
 
 
-def measure(contender, checkpoint_path, batch_size):
-  """(batch-1 latency in ms, samples/s (best of 5), matmul GFLOP/s) of one contender, in a
-  fresh process."""
+# The contender a worker process serves: its logits function and inputs (set by _load).
+_WORKER = {}
+
+
+def _load(contender, checkpoint_path, batch_size, utterances, matmul_size):
+  """A worker's initializer: load the contender and compile every batch shape it will run."""
   absl_flags.FLAGS.mark_as_parsed()
   logging.set_verbosity(logging.WARNING)
   cli.reuse_freed_memory()
   logits = _predictor(contender, checkpoint_path, batch_size)
   rng = np.random.default_rng(0)
-  audio = rng.standard_normal((UTTERANCES, data_lib.AUDIO_DIM), dtype=np.float32)
-  visual = rng.standard_normal((UTTERANCES, data_lib.VISUAL_DIM), dtype=np.float32)
-  text = rng.standard_normal((UTTERANCES, STEPS, data_lib.TEXT_DIM), dtype=np.float32)
-  one = (audio[:1], visual[:1], text[:1])
+  inputs = (rng.standard_normal((utterances, data_lib.AUDIO_DIM), dtype=np.float32),
+            rng.standard_normal((utterances, data_lib.VISUAL_DIM), dtype=np.float32),
+            rng.standard_normal((utterances, STEPS, data_lib.TEXT_DIM), dtype=np.float32))
   for _ in range(10):  # compilation, thread pools
-    logits(*one)
+    logits(*(x[:1] for x in inputs))
+  logits(*inputs)
+  _WORKER.update(logits=logits, inputs=inputs, matmul_size=matmul_size)
+
+
+def _ready():
+  return True
+
+
+def _latency_ms():
+  """Median ms of LATENCY_CALLS one-utterance calls."""
+  logits, one = _WORKER['logits'], tuple(x[:1] for x in _WORKER['inputs'])
   times = []
   for _ in range(LATENCY_CALLS):
     start = time.perf_counter()
     logits(*one)
     times.append(time.perf_counter() - start)
-  logits(audio, visual, text)
-  rates = []
-  for _ in range(5):
-    start = time.perf_counter()
-    logits(audio, visual, text)
-    rates.append(UTTERANCES / (time.perf_counter() - start))
-  # The peak is measured here, beside the throughput, so that both see the same machine load.
-  return 1000 * statistics.median(times), max(rates), matmul_gflops()
+  return 1000 * statistics.median(times)
+
+
+def _throughput():
+  """Utterances/s of one pass over the worker's inputs."""
+  start = time.perf_counter()
+  _WORKER['logits'](*_WORKER['inputs'])
+  return _WORKER['inputs'][0].shape[0] / (time.perf_counter() - start)
+
+
+def _matmul_rate():
+  return matmul_gflops(_WORKER['matmul_size'])
+
+
+def measure(checkpoint_path, batch_size, utterances, rounds, matmul_size):
+  """{contender: (batch-1 ms, median samples/s, best samples/s)} and the median matmul GFLOP/s,
+  the contenders taking turns in their own processes (module docstring)."""
+  context = multiprocessing.get_context('spawn')
+  with contextlib.ExitStack() as stack:
+    pools = {c: stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=context, initializer=_load,
+        initargs=(c, checkpoint_path, batch_size, utterances, matmul_size)))
+             for c in CONTENDERS}
+    for ready in [pool.submit(_ready) for pool in pools.values()]:  # load all at once, untimed
+      ready.result()
+    latency = {c: pool.submit(_latency_ms).result() for c, pool in pools.items()}
+    rates, peaks = {c: [] for c in CONTENDERS}, []
+    for turn in range(rounds):
+      for c, pool in pools.items():
+        time.sleep(SETTLE_S)
+        rates[c].append(pool.submit(_throughput).result())
+      peaks.append(pools[CONTENDERS[turn % len(CONTENDERS)]].submit(_matmul_rate).result())
+  return ({c: (latency[c], statistics.median(rates[c]), max(rates[c])) for c in CONTENDERS},
+          statistics.median(peaks))
 
 
 def _checkpoint(emotion, directory):
@@ -139,10 +186,17 @@ def main(argv=None):
   parser.add_argument('--emotion', default='sad', help='all, or one of '
                       + ', '.join(data_lib.EMOTIONS))
   parser.add_argument('--batch_size', type=int, default=512)
+  parser.add_argument('--rounds', type=int, default=5,
+                      help='timed passes per contender, the contenders taking turns')
+  parser.add_argument('--utterances', type=int, default=UTTERANCES,
+                      help='random utterances per timed pass')
+  parser.add_argument('--matmul_size', type=int, default=MATMUL_SIZE,
+                      help='the square product the matmul rate (the roofline) is measured on')
   parser.add_argument('--json', metavar='OUT', help='also write the figures as JSON here')
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  if args.batch_size < 1:
-    parser.error('--batch_size must be >= 1')
+  for name in ('batch_size', 'rounds', 'utterances', 'matmul_size'):
+    if getattr(args, name) < 1:
+      parser.error(f'--{name} must be >= 1')
   try:
     emotions = (data_lib.EMOTIONS if args.emotion.strip().lower() == 'all'
                 else [data_lib.normalize_emotion(args.emotion)])
@@ -155,26 +209,28 @@ def main(argv=None):
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  print(f'{os.cpu_count()} CPUs; batch size {args.batch_size}, {UTTERANCES} utterances; the '
-        'roofline from the matmul rate measured in each contender\'s process')
+  print(f'{os.cpu_count()} CPUs; batch size {args.batch_size}, {args.utterances} utterances a '
+        f'pass, {args.rounds} rounds with the contenders taking turns; samples/s is the median '
+        'round, the roofline from the median matmul rate')
   print(f'{"preset":8} {"MFLOP/utt":>9} {"contender":14} {"batch-1 ms":>10} {"samples/s":>9} '
-        f'{"GFLOP/s":>7} {"roofline/s":>10} {"of it":>5}')
+        f'{"best/s":>7} {"GFLOP/s":>7} {"roofline/s":>10} {"of it":>5}')
   rows = []
-  context = multiprocessing.get_context('spawn')
   with tempfile.TemporaryDirectory(prefix='bench-predict-') as directory:
     for emotion in emotions:
       path, config = _checkpoint(emotion, directory)
       flops = forward_flops(config)
-      for contender in CONTENDERS:
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-          latency, rate, peak = pool.submit(measure, contender, path, args.batch_size).result()
-        roofline = peak * 1e9 / flops
+      figures, peak = measure(path, args.batch_size, args.utterances, args.rounds,
+                              args.matmul_size)
+      roofline = peak * 1e9 / flops
+      for contender, (latency, rate, best) in figures.items():
         rows.append({'emotion': emotion, 'contender': contender, 'mflop_per_utterance': flops / 1e6,
-                     'batch1_latency_ms': latency, 'samples_per_s': rate, 'matmul_gflops': peak,
+                     'batch1_latency_ms': latency, 'samples_per_s': rate,
+                     'best_samples_per_s': best, 'matmul_gflops': peak,
                      'roofline_samples_per_s': roofline, 'of_roofline': rate / roofline,
-                     'batch_size': args.batch_size})
+                     'batch_size': args.batch_size, 'rounds': args.rounds})
         print(f'{emotion:8} {flops / 1e6:9.2f} {contender:14} {latency:10.2f} {rate:9.0f} '
-              f'{peak:7.0f} {roofline:10.0f} {100 * rate / roofline:4.0f}%', flush=True)
+              f'{best:7.0f} {peak:7.0f} {roofline:10.0f} {100 * rate / roofline:4.0f}%',
+              flush=True)
   if args.json:
     files.write_json(args.json, rows)
   return 0

@@ -255,3 +255,23 @@ def test_forward_flops_count_what_torch_counts_besides_the_lstm(emotion):
   lstm = bench_predict.lstm_flops(config)
   assert lstm == 20 * 2 * (300 * 4 * config.text_hidden + config.text_hidden * 4 * config.text_hidden)
   assert bench_predict.forward_flops(config) - lstm == counter.get_total_flops() // batch
+
+
+def test_the_inference_bench_times_every_contender_in_turns(tmp_path):
+  out = tmp_path / 'predict.json'
+  assert bench_predict.main(['--emotion=angry', '--rounds=2', '--utterances=64', '--batch_size=32',
+                             '--matmul_size=256', f'--json={out}']) == 0
+  rows = json.loads(out.read_text())
+  assert [r['contender'] for r in rows] == list(bench_predict.CONTENDERS)
+  flops = bench_predict.forward_flops(Config(emotion='angry', **presets.preset('angry')))
+  for row in rows:
+    assert row['emotion'] == 'angry' and row['rounds'] == 2 and row['batch_size'] == 32
+    assert 0 < row['samples_per_s'] <= row['best_samples_per_s']
+    assert 0 < row['batch1_latency_ms'] < 1000
+    assert row['mflop_per_utterance'] == pytest.approx(flops / 1e6)
+    assert row['roofline_samples_per_s'] == pytest.approx(row['matmul_gflops'] * 1e9 / flops)
+    assert row['of_roofline'] == pytest.approx(row['samples_per_s'] / row['roofline_samples_per_s'])
+  assert len({r['matmul_gflops'] for r in rows}) == 1  # one roofline for all contenders
+  with pytest.raises(SystemExit) as refused:
+    bench_predict.main(['--rounds=0'])
+  assert refused.value.code == 2
