@@ -345,7 +345,8 @@ def summarise(config: Config, members: Sequence[Config], member_records: Sequenc
   per_target = {k: chosen[k] for k in ('mae_per_target', 'corr_per_target') if k in chosen}
   return {
       'emotion': config.emotion, 'task': dataset.task, 'backend': backend, 'device': device,
-      **{k: chosen[k] for k in figures}, **per_target, 'test_loss': chosen['test_loss'],
+      # .get: members a resumed run recorded before a figure existed lack it (None, not known).
+      **{k: chosen.get(k) for k in figures}, **per_target, 'test_loss': chosen['test_loss'],
       'best_valid_loss': chosen['best_valid_loss'], 'best_epoch': chosen['best_epoch'],
       'epochs_run': chosen['epochs_run'], 'stopped_by': chosen['stopped_by'],
       'seed': chosen['seed'], 'chosen_member': chosen['member'],
@@ -373,8 +374,8 @@ def write_outputs(config: Config, members: Sequence[Config], history: dict,
   rows = []
   for member_config, member in zip(members, member_records):
     header, row = records.csv_row(member_config.to_dict(), {
-        **{k: member[k] for k in ('best_valid_loss', 'test_loss',
-                                  *metrics.FIGURES[record['task']])},
+        'best_valid_loss': member['best_valid_loss'], 'test_loss': member['test_loss'],
+        **{k: member.get(k) for k in metrics.FIGURES[record['task']]},
         'seed': member['seed'], 'best_epoch': member['best_epoch'],
         'epochs_run': member['epochs_run'], 'stopped_by': member['stopped_by'],
         'chosen': member['member'] == record['chosen_member']})

@@ -100,10 +100,12 @@ def regression_metrics(labels, outputs, corpus=''):
 
 
 def sims_classes(scores, bounds):
-  """Class indices of [-1, 1] scores: class k holds bounds[k-1] < score <= bounds[k]. Compared
-  in float32, where CH-SIMS's labels live (in float64 float32(0.1) would fall above 0.1)."""
+  """Class indices of [-1, 1] scores: class k holds bounds[k-1] < score <= bounds[k], NaN -1.
+  Compared in float32, where CH-SIMS's labels live (in float64 float32(0.1) would fall above
+  0.1)."""
   clipped = np.clip(np.asarray(scores, np.float32), -1, 1)
-  return np.digitize(clipped, np.asarray(bounds, np.float32), right=True)
+  classes = np.digitize(clipped, np.asarray(bounds, np.float32), right=True)
+  return np.where(np.isnan(clipped), -1, classes)  # NaN is no class: never a match
 
 
 def test_figures(task, labels, outputs, corpus=''):

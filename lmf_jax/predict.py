@@ -35,7 +35,7 @@ class Predictor(prediction.Predictor):
     self.variables = checkpoint.from_state_dict(self.arrays, self.config)
     # The weights are constants of the compiled program, not arguments of each call: XLA's CPU
     # backend then prepares them for its matmuls once, at compile time (sad preset, batch 512,
-    # 2-core CPU: about 1.45x the throughput of weights passed per call).
+    # 2-core CPU: 1.3-1.4x the throughput of weights passed per call).
     self._forward = jax.jit(functools.partial(model_lib.from_config(self.config).apply,
                                               self.variables, train=False))
 

@@ -39,7 +39,7 @@ from iemocap.errors import UserError
 CONTENDERS = ('lmf_jax', 'lmf_torch_npu', 'onnxruntime')
 UTTERANCES = 8192
 MATMUL_SIZE = 4096
-# A pause before each timed pass, so that the last contender's thread pools (ONNX Runtime's and
+# A pause before each timed task, so that the last contender's thread pools (ONNX Runtime's and
 # OpenMP's spin after work by default) have gone to sleep before the next one starts.
 SETTLE_S = 0.5
 STEPS = 20  # GloVe steps per utterance in the 2018 data
@@ -105,7 +105,7 @@ _WORKER = {}
 
 
 def _load(contender, checkpoint_path, batch_size, utterances, matmul_size):
-  """A worker's initializer: load the contender and compile every batch shape it will run."""
+  """A worker's first task: load the contender and compile every batch shape it will run."""
   absl_flags.FLAGS.mark_as_parsed()
   logging.set_verbosity(logging.WARNING)
   cli.reuse_freed_memory()
@@ -118,10 +118,6 @@ def _load(contender, checkpoint_path, batch_size, utterances, matmul_size):
     logits(*(x[:1] for x in inputs))
   logits(*inputs)
   _WORKER.update(logits=logits, inputs=inputs, matmul_size=matmul_size)
-
-
-def _ready():
-  return True
 
 
 def _latency_ms():
@@ -150,20 +146,24 @@ def measure(checkpoint_path, batch_size, utterances, rounds, matmul_size):
   """{contender: (batch-1 ms, median samples/s, best samples/s)} and the median matmul GFLOP/s,
   the contenders taking turns in their own processes (module docstring)."""
   context = multiprocessing.get_context('spawn')
+  load = (checkpoint_path, batch_size, utterances, matmul_size)
+
+  def turn(pool, task):
+    time.sleep(SETTLE_S)
+    return pool.submit(task).result()
+
   with contextlib.ExitStack() as stack:
-    pools = {c: stack.enter_context(concurrent.futures.ProcessPoolExecutor(
-        1, mp_context=context, initializer=_load,
-        initargs=(c, checkpoint_path, batch_size, utterances, matmul_size)))
+    pools = {c: stack.enter_context(concurrent.futures.ProcessPoolExecutor(1, mp_context=context))
              for c in CONTENDERS}
-    for ready in [pool.submit(_ready) for pool in pools.values()]:  # load all at once, untimed
-      ready.result()
-    latency = {c: pool.submit(_latency_ms).result() for c, pool in pools.items()}
+    # Loaded all at once, untimed; a task, not an initializer, so that a failure arrives as itself.
+    for loaded in [pool.submit(_load, c, *load) for c, pool in pools.items()]:
+      loaded.result()
+    latency = {c: turn(pool, _latency_ms) for c, pool in pools.items()}
     rates, peaks = {c: [] for c in CONTENDERS}, []
-    for turn in range(rounds):
+    for round_index in range(rounds):
       for c, pool in pools.items():
-        time.sleep(SETTLE_S)
-        rates[c].append(pool.submit(_throughput).result())
-      peaks.append(pools[CONTENDERS[turn % len(CONTENDERS)]].submit(_matmul_rate).result())
+        rates[c].append(turn(pool, _throughput))
+      peaks.append(turn(pools[CONTENDERS[round_index % len(CONTENDERS)]], _matmul_rate))
   return ({c: (latency[c], statistics.median(rates[c]), max(rates[c])) for c in CONTENDERS},
           statistics.median(peaks))
 

@@ -65,8 +65,8 @@ def test_regression_figures_follow_their_definitions():
   for key, bounds in (('acc3', (-0.1, 0.1)), ('acc5', (-0.7, -0.1, 0.1, 0.7))):
     assert sims[key] == np.mean(classes(sims_labels, bounds) == classes(sims_outputs, bounds))
   assert 0 < sims['acc5'] < sims['acc3'] < 1
-  assert metrics.sims_classes(np.float32([-0.7, -0.1, 0.1, 0.7, 5]), (-0.7, -0.1, 0.1, 0.7)).tolist(
-      ) == [0, 1, 2, 3, 4]
+  assert metrics.sims_classes(np.float32([-0.7, -0.1, 0.1, 0.7, 5, np.nan]),
+                              (-0.7, -0.1, 0.1, 0.7)).tolist() == [0, 1, 2, 3, 4, -1]
   assert metrics.regression_metrics(labels[:, None], np.zeros((200, 1)))['corr'] is None
   traits = metrics.regression_metrics(np.stack([labels, -labels], 1),
                                       np.stack([outputs, labels], 1))
@@ -269,3 +269,25 @@ def test_what_a_regression_target_cannot_take_is_one_line(small_data_file, stand
   for tool in (bench, bench_predict):  # both measure the IEMOCAP presets only
     assert tool.main(['--emotion=sentiment']) == 2
     assert 'measures the four IEMOCAP presets' in capsys.readouterr().err
+
+
+def test_members_recorded_before_a_figure_existed_still_summarise(stand_ins, tmp_path):
+  """A population resumed on newer code reads finished trials' records that lack newer figures
+  (CH-SIMS's acc3 and acc5 came later): they are unknown, not a crash."""
+  from engine import population  # pylint: disable=import-outside-toplevel
+  config = definitions.config_from_flags(_flag_values(
+      f'--data_path={stand_ins["mmsa-sims"]}', f'--workdir={tmp_path}', *SMALL))
+  dataset = formats.load(stand_ins['mmsa-sims'], config.emotion)
+  members = population.member_configs(config, 2, ())
+  figures = dict(metrics.regression_metrics(dataset.test.label, dataset.test.label * 0.5,
+                                            dataset.corpus))
+  assert figures['acc3'] is not None  # what the current code records for CH-SIMS
+  old = {k: v for k, v in figures.items() if k not in metrics.SIMS_CLASS_BOUNDS}
+  member_records = [{'member': i, 'seed': c.seed, **c.hparams(), 'best_valid_loss': valid,
+                     'test_loss': 0.5, 'best_epoch': 2, 'epochs_run': 3, 'stopped_by': 'epochs',
+                     **(old if i == 0 else figures)}
+                    for i, (c, valid) in enumerate(zip(members, (0.3, 0.4)))]
+  summary = population.summarise(config, members, member_records, dataset, True, backend='jax',
+                                 device='cpu', throughput=1.0, wall_s=1.0)
+  assert summary['chosen_member'] == 0 and summary['acc3'] is None
+  assert summary['acc3_mean'] == figures['acc3'] and summary['mae'] == figures['mae']
