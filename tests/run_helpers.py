@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 from engine import records
 from engine import state_dict
@@ -78,6 +79,13 @@ def check_run_outputs(workdir, config, record, backend):
   return saved, history, config_json, metadata
 
 
+def selected(request, test_name):
+  """Whether this session runs the test function `test_name` (a fixture that starts its command
+  in the background starts nothing for a deselected test)."""
+  return any(getattr(item, 'originalname', item.name) == test_name
+             for item in request.session.items)
+
+
 class Started:
   """A command started in the background, its output going to files (not pipes, so it never waits
   for the test to read it); finish() waits for it, kill() ends it if it still runs."""
@@ -103,19 +111,33 @@ class Started:
     self._err.close()
 
 
-def run_concurrently(*runs, timeout=600):
+def run_concurrently(*runs, timeout=600, at_once=None):
   """Independent commands started together, outputs captured: [CompletedProcess] in order.
 
   Each run is a command list, or (command, Popen keyword arguments such as env and cwd). A
   command line spends most of its time on one core (imports, XLA compilation), so two or three
-  at once take little longer than one on a 2-core machine.
+  at once take little longer than one on a 2-core machine. With `at_once`, at most that many run
+  at a time (the next starts when one ends), so a long list does not hold every process's
+  memory at once.
   """
-  started = []
+  commands = [run if isinstance(run, tuple) else (run, {}) for run in runs]
+  limit = at_once or len(commands)
+  started, results = [], [None] * len(commands)
+  deadline = time.monotonic() + timeout
   try:
-    for run in runs:
-      command, options = run if isinstance(run, tuple) else (run, {})
-      started.append(Started(command, **options))
-    return [process.finish(timeout) for process in started]
+    while True:
+      for i, process in enumerate(started):
+        if results[i] is None and process.process.poll() is not None:
+          results[i] = process.finish()
+      running = sum(result is None for result in results[:len(started)])
+      while len(started) < len(commands) and running < limit:
+        command, options = commands[len(started)]
+        started.append(Started(command, **options))
+        running += 1
+      if running == 0:
+        return results
+      assert time.monotonic() < deadline, f'timed out after {timeout} s'
+      time.sleep(0.02)
   finally:
     for process in started:
       process.kill()

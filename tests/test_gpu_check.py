@@ -10,8 +10,26 @@ import torch
 
 from engine import records
 from parity import gpu_check
+import run_helpers
 
 CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope='module', autouse=True)
+def quick_run(request, tmp_path_factory):
+  """`python -m parity.gpu_check --quick`, started when this module starts if its test is to run:
+  its steps run one after another, mostly on one core, beside the tests above. (its --out path,
+  the process)"""
+  if not run_helpers.selected(request, 'test_quick_run_end_to_end_writes_one_json_of_figures'):
+    yield None  # deselected (-m 'not slow')
+    return
+  out = tmp_path_factory.mktemp('gpu_check') / 'gpu_check.json'
+  process = run_helpers.Started([sys.executable, '-m', 'parity.gpu_check', '--quick',
+                                 f'--out={out}'])
+  try:
+    yield out, process
+  finally:
+    process.kill()
 
 
 def test_the_perf_line_of_either_trainer_is_read():
@@ -103,10 +121,9 @@ def test_without_quick_the_command_refuses_a_machine_without_cuda(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_run_end_to_end_writes_one_json_of_figures(tmp_path):
-  out = tmp_path / 'gpu_check.json'
-  done = subprocess.run([sys.executable, '-m', 'parity.gpu_check', '--quick', f'--out={out}'],
-                        capture_output=True, text=True, timeout=300, check=False)
+def test_quick_run_end_to_end_writes_one_json_of_figures(quick_run):
+  out, process = quick_run
+  done = process.finish(timeout=300)
   assert done.returncode == 0, done.stdout + done.stderr
   assert 'status' in done.stdout and f'figures: {out}' in done.stdout
   report = json.loads(out.read_text())

@@ -1,5 +1,6 @@
 """lmf_jax's model, initialisation, optimiser groups and checkpoint mapping against their definitions."""
 
+import functools
 import re
 
 import jax
@@ -35,7 +36,10 @@ def config_for(emotion, **overrides):
   return Config(emotion=emotion, **{**presets.PRESETS[emotion], **overrides})
 
 
+@functools.lru_cache(maxsize=None)
 def init_variables(config, seed=0):
+  """The model's variables (jax arrays, never changed in place), made once per config and seed:
+  each init traces and compiles a program of its own."""
   return model_lib.init(model_lib.from_config(config), jax.random.PRNGKey(seed), (74, 35, 300))
 
 

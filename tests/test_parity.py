@@ -22,6 +22,7 @@ from lmf_torch_npu import model as torch_model
 from parity import bench_predict
 from parity import checks
 from parity import tolerances
+import run_helpers
 
 
 @pytest.fixture(scope='module')
@@ -228,11 +229,27 @@ def test_dropout_on_training_agrees_statistically(small_data_dir, dataset, tmp_p
   assert result.passed, str(result)
 
 
-def test_bench_measures_the_2018_loop_and_both_trainers(small_data_dir, tmp_path):
-  out = tmp_path / 'bench.json'
-  from parity import bench  # pylint: disable=import-outside-toplevel
-  assert bench.main(['--emotion=angry', f'--data_path={small_data_dir}', '--epochs=2',
-                     f'--json={out}']) == 0
+@pytest.fixture(scope='module', autouse=True)
+def bench_run(request, small_data_dir, tmp_path_factory):
+  """`python -m parity.bench` on angry, started when this module starts if its test is to run: its
+  three contenders run one after another in fresh processes, beside the tests above. (its --json
+  path, the process)"""
+  if not run_helpers.selected(request, 'test_bench_measures_the_2018_loop_and_both_trainers'):
+    yield None
+    return
+  out = tmp_path_factory.mktemp('bench') / 'bench.json'
+  process = run_helpers.Started([sys.executable, '-m', 'parity.bench', '--emotion=angry',
+                                 f'--data_path={small_data_dir}', '--epochs=2', f'--json={out}'])
+  try:
+    yield out, process
+  finally:
+    process.kill()
+
+
+def test_bench_measures_the_2018_loop_and_both_trainers(bench_run):
+  out, process = bench_run
+  done = process.finish()
+  assert done.returncode == 0, done.stdout + done.stderr[-3000:]
   figures = json.loads(out.read_text())['emotions']['angry']
   assert sorted(figures) == ['lmf_jax', 'lmf_torch_npu', 'loop_2018']
   for row in figures.values():

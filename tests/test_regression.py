@@ -36,6 +36,57 @@ def stand_ins(tmp_path_factory):
           for fmt in synthetic_formats.FORMATS if fmt != 'mult-iemocap'}
 
 
+COMMAND_TESTS = {  # the commands of each test that starts its command lines with the module
+    'mosi': 'test_a_mult_mosi_file_trains_sentiment_with_the_jax_command',
+    'pom': 'test_a_2018_pom_file_trains_every_trait_with_the_torch_command',
+    'populations': 'test_populations_of_sentiment_models_in_both_backends',
+    'output_dim': 'test_config_takes_the_target_and_outputs_from_the_file',
+}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def commands(request, stand_ins, tmp_path_factory):
+  """This module's command lines, started together when it starts (each spends most of its time
+  on one core: imports, compilation), beside the in-process tests; the tests that read them come
+  last. {name: (workdir, run_helpers.Started)}, populations: a pair of them. torch runs on one
+  thread: its two-thread pool stalls whenever another process holds a core."""
+  directory = tmp_path_factory.mktemp('regression-runs')
+  one_thread = {'env': {**os.environ, 'OMP_NUM_THREADS': '1'}}
+  python = [sys.executable, '-m']
+  common = ['--epochs=2', '--num_seeds=2', *SMALL]
+  planned = {
+      'mosi': [(directory / 'mosi', [*python, 'lmf_jax.train',
+                                     f'--data_path={stand_ins["mult-mosi"]}',
+                                     f'--workdir={directory / "mosi"}', '--epochs=3', *SMALL], {})],
+      'pom': [(directory / 'pom', [*python, 'lmf_torch_npu.train',
+                                   f'--data_path={stand_ins["lmf2018-pom"]}',
+                                   f'--workdir={directory / "pom"}', '--epochs=2', '--device=cpu',
+                                   *SMALL], one_thread)],
+      'populations': [
+          (directory / 'jax', [*python, 'lmf_jax.train', f'--data_path={stand_ins["mmsa-sims"]}',
+                               f'--workdir={directory / "jax"}', *common], {}),
+          (directory / 'torch', [*python, 'lmf_torch_npu.train',
+                                 f'--data_path={stand_ins["csd-mosi"]}',
+                                 f'--workdir={directory / "torch"}', '--ray_address=none',
+                                 '--device=cpu', *common], one_thread)],
+      'output_dim': [(directory / 'run', [*python, 'lmf_jax.train',
+                                          f'--data_path={stand_ins["lmf2018-pom"]}',
+                                          '--output_dim=3', f'--workdir={directory / "run"}'],
+                      {})],
+  }
+  started = {}
+  try:
+    for name, runs in planned.items():
+      if run_helpers.selected(request, COMMAND_TESTS[name]):
+        started[name] = [(workdir, run_helpers.Started(command, **options))
+                         for workdir, command, options in runs]
+    yield {name: runs if name == 'populations' else runs[0] for name, runs in started.items()}
+  finally:
+    for runs in started.values():
+      for _, process in runs:
+        process.kill()
+
+
 def test_regression_figures_follow_their_definitions():
   rng = np.random.default_rng(0)
   labels = np.round(rng.uniform(-3, 3, 200) * 2) / 2  # MOSI-like: halves, zeros among them
@@ -81,94 +132,6 @@ def _result(workdir):
   return files.read_json(os.path.join(workdir, records.RESULTS_JSON))
 
 
-def test_a_mult_mosi_file_trains_sentiment_with_the_jax_command(stand_ins, tmp_path):
-  workdir = tmp_path / 'mosi'
-  result = run_helpers.run_cli('lmf_jax.train', f'--data_path={stand_ins["mult-mosi"]}',
-                               f'--workdir={workdir}', '--epochs=3', *SMALL)
-  assert result.returncode == 0, result.stderr[-3000:]
-  record = _result(workdir)
-  assert (record['emotion'], record['task']) == ('sentiment', 'regression')
-  for key in metrics.FIGURES['regression'] + ('baseline_mae',):
-    if key in metrics.SIMS_CLASS_BOUNDS:
-      assert record[key] is None, key  # CH-SIMS's classes only
-    else:
-      assert isinstance(record[key], float), key  # acc7 too: MOSI is scored on [-3, 3]
-  assert record['test_loss'] == pytest.approx(record['mae'], rel=1e-5)  # L1 is the MAE
-  assert 'MAE' in result.stdout and '7-class accuracy' in result.stdout
-  with open(workdir / records.RESULTS_CSV, newline='') as f:
-    header = next(csv.reader(f))
-  assert header[11:17] == [name for name, _ in records.CSV_2018_COLUMNS['regression'][11:]]
-  config = files.read_json(workdir / records.CONFIG_JSON)
-  assert config['config']['output_dim'] == 1
-  # The other backend's evaluate, from the command line, on the checkpoint and data it names.
-  evaluated = run_helpers.run_cli('lmf_torch_npu.evaluate', f'--checkpoint={workdir}',
-                                  '--device=cpu', '--json')
-  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  report = json.loads(evaluated.stdout)
-  assert report['task'] == 'regression' and report['mae'] == pytest.approx(record['mae'], abs=1e-5)
-  # Predictions: the value and its sign, for a file's split as for the API.
-  predictor = jax_predict.Predictor(str(workdir))
-  predictions = predictor.predict_file(stand_ins['mult-mosi'], split='test')
-  out = tmp_path / 'pred.csv'
-  prediction.write(str(out), predictions)
-  with open(out, newline='') as f:
-    rows = list(csv.DictReader(f))
-  assert list(rows[0]) == ['index', 'value', 'prediction'] and len(rows) == SIZES[2]
-  values = np.array([float(r['value']) for r in rows])
-  assert metrics.regression_metrics(
-      formats.load(stand_ins['mult-mosi'], 'sentiment').test.label, values[:, None],
-      'CMU-MOSI')['mae'] == pytest.approx(record['mae'], abs=1e-5)
-  assert [r['prediction'] for r in rows] == ['positive' if v >= 0 else 'negative'
-                                             for v in values]
-
-
-def test_a_2018_pom_file_trains_every_trait_with_the_torch_command(stand_ins, tmp_path):
-  workdir = tmp_path / 'pom'
-  result = run_helpers.run_cli('lmf_torch_npu.train', f'--data_path={stand_ins["lmf2018-pom"]}',
-                               f'--workdir={workdir}', '--epochs=2', '--device=cpu', *SMALL)
-  assert result.returncode == 0, result.stderr[-3000:]
-  record = _result(workdir)
-  assert (record['emotion'], record['task']) == ('traits', 'regression')
-  assert len(record['mae_per_target']) == len(record['corr_per_target']) == 16
-  assert record['mae'] == pytest.approx(np.mean(record['mae_per_target']))
-  assert record['test_loss'] == pytest.approx(record['mae'], rel=1e-5)  # per utterance and trait
-  assert record['acc2_has0'] is None and record['acc7'] is None
-  arrays, _ = state_dict.load(os.path.join(workdir, records.CHECKPOINT))
-  assert arrays['fusion_bias'].shape == (1, 16)
-  rows = prediction.rows(jax_predict.Predictor(str(workdir)).predict_file(
-      stand_ins['lmf2018-pom'], split='valid'))
-  assert list(rows[0])[1:] == [f'value_{t}' for t in prediction.POM_TRAITS]  # no prediction
-  from lmf_torch_npu import export  # pylint: disable=import-outside-toplevel
-  _, config, _ = state_dict.load_checkpoint(os.path.join(workdir, records.CHECKPOINT))
-  utterances = export.check_utterances(state_dict.input_dims(arrays))
-  diff, agree = export.check(export.export_onnx(arrays, config), arrays, config, utterances[:3])
-  assert diff < 1e-5 and agree is None  # 16 values, no class to agree on
-
-
-def test_populations_of_sentiment_models_in_both_backends(stand_ins, tmp_path):
-  jax_dir, torch_dir = tmp_path / 'jax', tmp_path / 'torch'
-  common = ['--epochs=2', '--num_seeds=2', *SMALL]
-  jax_run, torch_run = run_helpers.run_concurrently(
-      [sys.executable, '-m', 'lmf_jax.train', f'--data_path={stand_ins["mmsa-sims"]}',
-       f'--workdir={jax_dir}', *common],
-      ([sys.executable, '-m', 'lmf_torch_npu.train', f'--data_path={stand_ins["csd-mosi"]}',
-        f'--workdir={torch_dir}', '--ray_address=none', '--device=cpu', *common],
-       {'env': {**os.environ, 'OMP_NUM_THREADS': '1'}}))  # one core each
-  assert jax_run.returncode == 0, jax_run.stderr[-3000:]
-  assert torch_run.returncode == 0, torch_run.stderr[-3000:]
-  for workdir, seven in ((jax_dir, False), (torch_dir, True)):
-    record = _result(workdir)
-    assert record['task'] == 'regression' and record['num_models'] == 2
-    maes = [m['mae'] for m in record['members']]
-    assert record['mae_mean'] == pytest.approx(np.mean(maes))
-    assert record['mae_std'] == pytest.approx(np.std(maes, ddof=1))
-    chosen = min(record['members'], key=lambda m: m['best_valid_loss'])
-    assert record['mae'] == chosen['mae'] and record['seed'] == chosen['seed']
-    assert (record['acc7'] is not None) == seven  # CH-SIMS is not scored on [-3, 3]
-    assert (record['acc3_mean'] is None) == seven and (record['acc5'] is None) == seven
-    assert 'MAE  mean' in (jax_run if workdir == jax_dir else torch_run).stdout
-
-
 @pytest.mark.parametrize('fmt', ['mmsa-mosi', 'lmf2018-mosi'])
 def test_the_other_sentiment_files_train_through_the_api(stand_ins, fmt, tmp_path):
   flag_values = _flag_values(f'--data_path={stand_ins[fmt]}', f'--workdir={tmp_path}',
@@ -188,7 +151,8 @@ def _flag_values(*argv):
   return values
 
 
-def test_config_takes_the_target_and_outputs_from_the_file(stand_ins, tmp_path):
+def test_config_takes_the_target_and_outputs_from_the_file(stand_ins, commands,
+                                                           tmp_path):
   pom = definitions.config_from_flags(_flag_values(f'--data_path={stand_ins["lmf2018-pom"]}'))
   assert (pom.emotion, pom.output_dim, pom.task) == ('traits', 16, 'regression')
   default = definitions.config_from_flags(_flag_values('--emotion=traits'))
@@ -199,8 +163,8 @@ def test_config_takes_the_target_and_outputs_from_the_file(stand_ins, tmp_path):
   csv_path.write_text('\n'.join(['8,4,64,0.3,0.1,0.15,0.003,0.0005,8,64,0.001'] * 4))
   with pytest.raises(definitions.ConfigError, match='sentiment has none there'):
     definitions.config_from_flags(_flag_values('--emotion=sentiment', f'--para_path={csv_path}'))
-  result = run_helpers.run_cli('lmf_jax.train', f'--data_path={stand_ins["lmf2018-pom"]}',
-                               '--output_dim=3', f'--workdir={tmp_path / "run"}')
+  _, started = commands['output_dim']
+  result = started.finish()
   run_helpers.assert_one_line(result, r'has 16 traits values per utterance but the model has 3 '
                               r'outputs: leave --output_dim out')
 
@@ -291,3 +255,86 @@ def test_members_recorded_before_a_figure_existed_still_summarise(stand_ins, tmp
                                  device='cpu', throughput=1.0, wall_s=1.0)
   assert summary['chosen_member'] == 0 and summary['acc3'] is None
   assert summary['acc3_mean'] == figures['acc3'] and summary['mae'] == figures['mae']
+
+
+# --- The command lines started with the module ---------------------------------------------------
+
+def test_a_mult_mosi_file_trains_sentiment_with_the_jax_command(stand_ins, commands,
+                                                                 tmp_path):
+  workdir, started = commands['mosi']
+  result = started.finish()
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = _result(workdir)
+  assert (record['emotion'], record['task']) == ('sentiment', 'regression')
+  for key in metrics.FIGURES['regression'] + ('baseline_mae',):
+    if key in metrics.SIMS_CLASS_BOUNDS:
+      assert record[key] is None, key  # CH-SIMS's classes only
+    else:
+      assert isinstance(record[key], float), key  # acc7 too: MOSI is scored on [-3, 3]
+  assert record['test_loss'] == pytest.approx(record['mae'], rel=1e-5)  # L1 is the MAE
+  assert 'MAE' in result.stdout and '7-class accuracy' in result.stdout
+  with open(workdir / records.RESULTS_CSV, newline='') as f:
+    header = next(csv.reader(f))
+  assert header[11:17] == [name for name, _ in records.CSV_2018_COLUMNS['regression'][11:]]
+  config = files.read_json(workdir / records.CONFIG_JSON)
+  assert config['config']['output_dim'] == 1
+  # The other backend's evaluate, from the command line, on the checkpoint and data it names.
+  evaluated = run_helpers.run_cli('lmf_torch_npu.evaluate', f'--checkpoint={workdir}',
+                                  '--device=cpu', '--json')
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  report = json.loads(evaluated.stdout)
+  assert report['task'] == 'regression' and report['mae'] == pytest.approx(record['mae'], abs=1e-5)
+  # Predictions: the value and its sign, for a file's split as for the API.
+  predictor = jax_predict.Predictor(str(workdir))
+  predictions = predictor.predict_file(stand_ins['mult-mosi'], split='test')
+  out = tmp_path / 'pred.csv'
+  prediction.write(str(out), predictions)
+  with open(out, newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert list(rows[0]) == ['index', 'value', 'prediction'] and len(rows) == SIZES[2]
+  values = np.array([float(r['value']) for r in rows])
+  assert metrics.regression_metrics(
+      formats.load(stand_ins['mult-mosi'], 'sentiment').test.label, values[:, None],
+      'CMU-MOSI')['mae'] == pytest.approx(record['mae'], abs=1e-5)
+  assert [r['prediction'] for r in rows] == ['positive' if v >= 0 else 'negative'
+                                             for v in values]
+
+
+def test_a_2018_pom_file_trains_every_trait_with_the_torch_command(stand_ins, commands):
+  workdir, started = commands['pom']
+  result = started.finish()
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = _result(workdir)
+  assert (record['emotion'], record['task']) == ('traits', 'regression')
+  assert len(record['mae_per_target']) == len(record['corr_per_target']) == 16
+  assert record['mae'] == pytest.approx(np.mean(record['mae_per_target']))
+  assert record['test_loss'] == pytest.approx(record['mae'], rel=1e-5)  # per utterance and trait
+  assert record['acc2_has0'] is None and record['acc7'] is None
+  arrays, _ = state_dict.load(os.path.join(workdir, records.CHECKPOINT))
+  assert arrays['fusion_bias'].shape == (1, 16)
+  rows = prediction.rows(jax_predict.Predictor(str(workdir)).predict_file(
+      stand_ins['lmf2018-pom'], split='valid'))
+  assert list(rows[0])[1:] == [f'value_{t}' for t in prediction.POM_TRAITS]  # no prediction
+  from lmf_torch_npu import export  # pylint: disable=import-outside-toplevel
+  _, config, _ = state_dict.load_checkpoint(os.path.join(workdir, records.CHECKPOINT))
+  utterances = export.check_utterances(state_dict.input_dims(arrays))
+  diff, agree = export.check(export.export_onnx(arrays, config), arrays, config, utterances[:3])
+  assert diff < 1e-5 and agree is None  # 16 values, no class to agree on
+
+
+def test_populations_of_sentiment_models_in_both_backends(commands):
+  (jax_dir, jax_started), (torch_dir, torch_started) = commands['populations']
+  jax_run, torch_run = jax_started.finish(), torch_started.finish()
+  assert jax_run.returncode == 0, jax_run.stderr[-3000:]
+  assert torch_run.returncode == 0, torch_run.stderr[-3000:]
+  for workdir, seven in ((jax_dir, False), (torch_dir, True)):
+    record = _result(workdir)
+    assert record['task'] == 'regression' and record['num_models'] == 2
+    maes = [m['mae'] for m in record['members']]
+    assert record['mae_mean'] == pytest.approx(np.mean(maes))
+    assert record['mae_std'] == pytest.approx(np.std(maes, ddof=1))
+    chosen = min(record['members'], key=lambda m: m['best_valid_loss'])
+    assert record['mae'] == chosen['mae'] and record['seed'] == chosen['seed']
+    assert (record['acc7'] is not None) == seven  # CH-SIMS is not scored on [-3, 3]
+    assert (record['acc3_mean'] is None) == seven and (record['acc5'] is None) == seven
+    assert 'MAE  mean' in (jax_run if workdir == jax_dir else torch_run).stdout

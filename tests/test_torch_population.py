@@ -68,11 +68,53 @@ def members(record):
 
 
 @pytest.fixture(scope='module')
-def ray_run(small_data_dir, tmp_path_factory):
-  """The population on a Ray started by the command (the embedded default)."""
+def ray_run(small_data_dir, tmp_path_factory, background):
+  """The population on a Ray started by the command (the embedded default). When it ends, the
+  commands that need no Ray start in the background (they run beside the lone runs of the first
+  test, each on one core, instead of one after another)."""
   workdir = str(tmp_path_factory.mktemp('ray') / 'run')
   record, process = train(small_data_dir, workdir, f'--num_seeds={SEEDS}', '--save_members')
+  background.start()
   return workdir, record, process
+
+
+class Background:
+  """The commands of this module that start no Ray: the in-process trials and the two refusals.
+  start() starts them together; a test that asks for one not started starts it then.
+  [name] -> (its workdir, run_helpers.Started)"""
+
+  def __init__(self, data_dir, root):
+    inline, single, dead = (str(root / name) for name in ('inline', 'a', 'b'))
+    self.commands = {
+        'inline': (inline, command(data_dir, inline, f'--num_seeds={SEEDS}',
+                                   '--ray_address=none', '--cpus_per_trial=1')),
+        'single': (single, command(data_dir, single, '--ray_address=auto')),
+        'dead': (dead, command(data_dir, dead, '--num_seeds=2', '--ray_address=127.0.0.1:1')),
+    }
+    self.runs = {}
+
+  def start(self, *names):
+    for name in names or self.commands:
+      if name not in self.runs:
+        workdir, argv = self.commands[name]
+        self.runs[name] = (workdir, run_helpers.Started(argv, env=environment()))
+
+  def __getitem__(self, name):
+    self.start(name)
+    return self.runs[name]
+
+  def kill(self):
+    for _, process in self.runs.values():
+      process.kill()
+
+
+@pytest.fixture(scope='module')
+def background(small_data_dir, tmp_path_factory):
+  runs = Background(small_data_dir, tmp_path_factory.mktemp('background'))
+  try:
+    yield runs
+  finally:
+    runs.kill()
 
 
 def test_each_trial_is_its_lone_run_and_the_population_chooses_on_validation(
@@ -111,11 +153,12 @@ def test_each_trial_is_its_lone_run_and_the_population_chooses_on_validation(
   assert len(history) == max(stopped_at)
 
 
-def test_in_process_trials_equal_the_ray_trials(ray_run, small_data_dir, tmp_path):
+def test_in_process_trials_equal_the_ray_trials(ray_run, background):
   workdir, record, _ = ray_run
-  inline = str(tmp_path / 'inline')
-  inline_record, process = train(small_data_dir, inline, f'--num_seeds={SEEDS}',
-                                 '--ray_address=none', '--cpus_per_trial=1')
+  inline, started = background['inline']
+  process = started.finish(timeout=240)
+  assert process.returncode == 0, process.stderr[-3000:]
+  inline_record = files.read_json(os.path.join(inline, records.RESULTS_JSON))
   assert 'one trial after another in this process' in inline_record['device']
   assert members(inline_record) == members(record)
   assert checkpoint_bytes(inline) == checkpoint_bytes(workdir)
@@ -274,15 +317,13 @@ def test_the_8p_script_on_a_running_ray_cluster_gives_the_embedded_result(ray_ru
 
 
 def test_population_flags_are_refused_on_a_single_run_and_a_dead_address_is_one_line(
-    small_data_dir, tmp_path):
-  single = subprocess.run(command(small_data_dir, str(tmp_path / 'a'), '--ray_address=auto'),
-                          capture_output=True, text=True, timeout=120, env=environment())
+    background):
+  single = background['single'][1].finish(timeout=120)
   assert single.returncode == 2
   assert single.stderr.strip().splitlines()[-1].startswith('error: --ray_address is for a '
                                                            'population')
-  dead = subprocess.run(command(small_data_dir, str(tmp_path / 'b'), '--num_seeds=2',
-                                '--ray_address=127.0.0.1:1'),
-                        capture_output=True, text=True, timeout=180, env=environment())
+  dead_dir, started = background['dead']
+  dead = started.finish(timeout=180)
   assert dead.returncode == 2, dead.stderr[-2000:]
   assert dead.stderr.strip().splitlines()[-1].startswith('error: --ray_address=127.0.0.1:1')
-  assert not os.path.exists(tmp_path / 'b')
+  assert not os.path.exists(dead_dir)
