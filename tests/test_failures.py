@@ -10,6 +10,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ SMALL_FLAGS = ('--text_hidden=16', '--batch_size=32', '--audio_hidden=8', '--vid
 TRAINERS = ('lmf_jax.train', 'lmf_torch_npu.train')
 EVALUATES = ('lmf_jax.evaluate', 'lmf_torch_npu.evaluate')
 BAD_FOR_EVALUATE = ('not_json', 'nan_weights')
+COMPILATION_CACHE = 'jax-compilation-cache'  # below LMF_CACHE_DIR (lmf_jax.train)
 
 
 def command(module, *args):
@@ -169,9 +171,17 @@ def test_a_file_size_limit_stops_the_run_in_one_line_and_resume_finishes_it(smal
   def limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
+  # Its compiled programs come from a copy of the session's cache: under the limit jax's cache
+  # writes entries cut at 16 KB (not atomically), which every later process of the session would
+  # read as damaged and compile again.
+  cache = tmp_path / 'cache'
+  shared = os.path.join(os.environ['LMF_CACHE_DIR'], COMPILATION_CACHE)
+  if os.path.isdir(shared):
+    shutil.copytree(shared, cache / COMPILATION_CACHE)
   args = train_args(small_data_dir, workdir, '--epochs=3', '--patience=3')
   cut = subprocess.run(command('lmf_jax.train', *args), capture_output=True, text=True,
-                       check=False, preexec_fn=limit_file_size)
+                       check=False, preexec_fn=limit_file_size,
+                       env={**os.environ, 'LMF_CACHE_DIR': str(cache)})
   assert_one_line(cut, r'File too large \(.*checkpoint.safetensors\).*ulimit -f.*rerun the '
                   'same command')
   assert not workdir.exists()  # cut before its first epoch: the new run took its files back
