@@ -77,10 +77,9 @@ def regression_metrics(labels, outputs, corpus=''):
   labels = np.asarray(labels, np.float64).reshape(len(labels), -1)
   outputs = np.asarray(outputs, np.float64).reshape(labels.shape)
   columns = [pearson(outputs[:, k], labels[:, k]) for k in range(labels.shape[1])]
-  result = {'mae': float(np.mean(np.abs(outputs - labels))),
-            'corr': None if None in columns else float(np.mean(columns)),
-            **dict.fromkeys(('acc2_has0', 'f1_has0', 'acc2_non0', 'f1_non0', 'acc7', 'acc3',
-                             'acc5'))}
+  result = {**dict.fromkeys(FIGURES['regression']),
+            'mae': float(np.mean(np.abs(outputs - labels))),
+            'corr': None if None in columns else float(np.mean(columns))}
   if labels.shape[1] > 1:
     result['mae_per_target'] = np.mean(np.abs(outputs - labels), axis=0).tolist()
     result['corr_per_target'] = columns
