@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -163,13 +162,11 @@ def test_a_workdir_below_a_file_is_one_line(refusals):
   assert_one_line(result, r'Not a directory .*a part of the path is a file')
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_stops_the_run_in_one_line_and_resume_finishes_it(small_data_dir,
                                                                             tmp_path):
   workdir = tmp_path / 'run'
   limit = 16 * 1024  # config.json and metrics fit; the first checkpoint does not
-
-  def limit_file_size():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
   # Its compiled programs come from a copy of the session's cache: under the limit jax's cache
   # writes entries cut at 16 KB (not atomically), which every later process of the session would
@@ -179,9 +176,13 @@ def test_a_file_size_limit_stops_the_run_in_one_line_and_resume_finishes_it(smal
   if os.path.isdir(shared):
     shutil.copytree(shared, cache / COMPILATION_CACHE)
   args = train_args(small_data_dir, workdir, '--epochs=3', '--patience=3')
-  cut = subprocess.run(command('lmf_jax.train', *args), capture_output=True, text=True,
-                       check=False, preexec_fn=limit_file_size,
-                       env={**os.environ, 'LMF_CACHE_DIR': str(cache)})
+  # The limit is set by a small Python that then becomes the command: a preexec_fn would run
+  # in a fork of this multithreaded process.
+  limited = [sys.executable, '-c', 'import os, resource, sys; '
+             f'resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); '
+             'os.execv(sys.argv[1], sys.argv[1:])']
+  cut = subprocess.run(limited + command('lmf_jax.train', *args), capture_output=True, text=True,
+                       check=False, env={**os.environ, 'LMF_CACHE_DIR': str(cache)})
   assert_one_line(cut, r'File too large \(.*checkpoint.safetensors\).*ulimit -f.*rerun the '
                   'same command')
   assert not workdir.exists()  # cut before its first epoch: the new run took its files back
@@ -219,6 +220,7 @@ def test_a_read_only_file_system_is_one_line(small_data_dir, tmp_path):
     assert_one_line(result, r'Read-only file system .*choose a writable directory')
 
 
+@pytest.mark.slow
 def test_a_finished_run_on_read_only_storage_is_reported(small_data_dir, tmp_path):
   with small_file_system(tmp_path / 'disk', '4m') as disk:
     args = train_args(small_data_dir, disk / 'run', '--epochs=1')
@@ -304,6 +306,7 @@ def signalled(small_data_dir, tmp_path_factory):
       case['process'].wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('module, signum, population', SIGNAL_CASES)
 def test_a_signal_stops_after_a_saved_epoch_and_resume_continues(signalled, module, signum,
                                                                  population):
@@ -343,6 +346,7 @@ def test_the_first_signal_asks_for_a_stop_and_the_second_stops_at_once():
 
 # --- Two processes, one workdir -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_and_a_killed_holder_does_not_block(small_data_dir,
                                                                         tmp_path):
   workdir = tmp_path / 'run'
@@ -363,6 +367,7 @@ def test_a_second_process_is_refused_and_a_killed_holder_does_not_block(small_da
     pass
 
 
+@pytest.mark.slow
 def test_the_lock_is_held_for_the_whole_run(small_data_dir, tmp_path):
   workdir = tmp_path / 'run'
   with workdirs.workdir_lock(str(workdir)):
@@ -598,6 +603,7 @@ def test_evaluate_says_when_the_data_path_came_from_the_checkpoint(after_interru
   assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_relative_data_path_is_stored_absolute(small_data_dir, tmp_path):
   data = tmp_path / 'data'
   copy_run(type(tmp_path)(small_data_dir), data)

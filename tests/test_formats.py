@@ -95,6 +95,7 @@ def test_mult_iemocap_equals_the_2018_file_of_the_same_numbers(stand_ins, tmp_pa
   np.testing.assert_allclose(sad.test.audio, original.test.audio, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_jax_trains_on_a_mult_iemocap_file(stand_ins, tmp_path):
   flags = [f'--{k}={v}' for k, v in run_helpers.SMALL.items()]
   result = run_helpers.run_cli('lmf_jax.train', f'--data_path={stand_ins["mult-iemocap"]}',

@@ -113,6 +113,7 @@ TRAINER_LINES = {'lmf_jax.train': r'jax \S+: \d+ cpu devices? \(cpu:0',
                  'lmf_torch_npu.train': r'torch \S+ on cpu \(.*\); precision float32'}
 
 
+@pytest.mark.slow
 def test_each_trainer_logs_what_its_framework_runs_on(small_data_dir):
   # Both trainers at once: independent processes, each mostly on one core.
   results = run_helpers.run_concurrently(*[

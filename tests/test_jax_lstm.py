@@ -94,6 +94,7 @@ def small_model(lstm_impl):
                        dropouts=(0.0, 0.0, 0.0), output_dim=2, rank=2, lstm_impl=lstm_impl)
 
 
+@pytest.mark.slow
 def test_jvp_through_the_model_with_the_scan_agrees_with_its_gradient():
   model = small_model('scan')
   variables = model_lib.init(model, jax.random.PRNGKey(0), (5, 4, 7), seq_len=6)

@@ -49,6 +49,7 @@ def seeds_run(small_data_dir, tmp_path_factory):
   return config, record
 
 
+@pytest.mark.slow
 def test_each_member_equals_its_seed_trained_alone(seeds_run, tmp_path):
   config, record = seeds_run
   stopped_at = {m['epochs_run'] for m in record['members']}
@@ -68,6 +69,7 @@ def test_each_member_equals_its_seed_trained_alone(seeds_run, tmp_path):
     assert_close_trees(together, lone, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_results_summarise_members_and_choose_on_validation(seeds_run):
   config, record = seeds_run
   members = record['members']
@@ -148,6 +150,7 @@ def test_a_stopped_model_does_not_change(small_data_dir):
   assert moved > frozen // 2
 
 
+@pytest.mark.slow
 def test_swept_dropout_equals_a_lone_run_with_that_rate(small_data_dir, tmp_path):
   config = small_config(small_data_dir, tmp_path / 'sweep', epochs=3, patience=5)
   sweeps = engine_population.parse_sweeps(['text_dropout=0.1,0.4', 'lr=0.003,0.001'])
@@ -209,10 +212,13 @@ ALL_EMOTIONS = ['-m', 'lmf_jax.train', '--emotion=all', '--num_seeds=2', '--epoc
 
 
 @pytest.fixture(scope='module', autouse=True)
-def all_emotions(small_data_dir, tmp_path_factory):
-  """`--emotion=all` from the command line, started when this module starts: it runs for a minute,
-  mostly on one core, beside the in-process tests. Beside it, --resume of a root holding no run.
-  (the command, its root, the started command, the started refusal)"""
+def all_emotions(request, small_data_dir, tmp_path_factory):
+  """`--emotion=all` from the command line, started when this module starts if its test is to
+  run: it runs for a minute, mostly on one core, beside the in-process tests. Beside it, --resume
+  of a root holding no run. (the command, its root, the started command, the started refusal)"""
+  if not run_helpers.selected(request, 'test_all_emotions_table_from_the_command_line'):
+    yield None  # deselected (the default run leaves out -m slow)
+    return
   command = [sys.executable, *ALL_EMOTIONS, f'--data_path={small_data_dir}']
   directory = tmp_path_factory.mktemp('all_emotions')
   root = directory / 'all'
@@ -225,6 +231,7 @@ def all_emotions(small_data_dir, tmp_path_factory):
       process.kill()
 
 
+@pytest.mark.slow
 def test_all_emotions_table_from_the_command_line(all_emotions):
   command, root, first, refusal = all_emotions
   result = first.finish()
@@ -246,6 +253,7 @@ def test_all_emotions_table_from_the_command_line(all_emotions):
   assert empty.stderr.strip().endswith('no workdir of this command holds a run to continue')
 
 
+@pytest.mark.slow
 def test_a_population_of_one_trains_what_the_single_run_trains(small_data_dir):
   """With one model, the vmapped program computes what JaxRun computes (one epoch)."""
   dataset = formats.load(small_data_dir, 'sad')
@@ -287,6 +295,7 @@ def two_groups(small_data_dir, tmp_path_factory):
   return config, sweeps, train.train_population(config, num_seeds=3, sweeps=sweeps)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('group', [0, 1])
 def test_an_interrupted_population_resumes_to_the_same_result(two_groups, tmp_path, group):
   config, sweeps, whole = two_groups
@@ -307,6 +316,7 @@ def test_an_interrupted_population_resumes_to_the_same_result(two_groups, tmp_pa
   assert records.read_metrics(str(tmp_path / 'cut')) == records.read_metrics(config.workdir)
 
 
+@pytest.mark.slow
 def test_packing_keeps_the_live_models_and_their_results(two_groups, small_data_dir):
   """Members stopped at different epochs (so the population was packed) and each one is what a
   population that never packs gives, to float32 rounding."""
@@ -361,6 +371,7 @@ def whole_run(small_data_dir, tmp_path_factory):
   return args, workdir, cut
 
 
+@pytest.mark.slow
 def test_a_killed_population_resumes_bitwise_from_the_command_line(whole_run):
   args, whole, cut = whole_run
   assert not (cut / records.RESULTS_JSON).exists()
@@ -375,6 +386,7 @@ def test_a_killed_population_resumes_bitwise_from_the_command_line(whole_run):
       whole / records.CHECKPOINT)
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_packs_on_ray_end_as_the_population_in_process(whole_run, tmp_path):
   pytest.importorskip('ray')

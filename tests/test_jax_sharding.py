@@ -68,6 +68,7 @@ def one_device(populations):
   return populations['one']
 
 
+@pytest.mark.slow
 def test_four_devices_and_a_limit_of_three_end_as_one(populations):
   for count in (4, 3):
     record = populations[count]
@@ -75,6 +76,7 @@ def test_four_devices_and_a_limit_of_three_end_as_one(populations):
     assert_same_population(record, populations['one'])
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_population_and_process_0_writes_it(small_data_dir, tmp_path,
                                                                     one_device):
   workdir = tmp_path / 'two'

@@ -139,6 +139,7 @@ def run_cli(module, *args, env=None):
                         check=False, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_command_line_trains_and_evaluates(small_data_dir, tmp_path):
   workdir = tmp_path / 'cli'
   args = [f'--data_path={small_data_dir}', f'--workdir={workdir}', "--emotion=b'happy'",

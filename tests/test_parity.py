@@ -49,6 +49,7 @@ def command_run(small_data_dir, tmp_path_factory):
   return result, json.loads(out.read_text()) if out.exists() else None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('emotion', ['happy', 'neutral'])  # rank 1 and rank 16, both LSTM sizes
 def test_every_check_passes_in_float32_and_float64(emotion, command_run):
   result, records = command_run
@@ -164,6 +165,7 @@ def test_failures_name_check_emotion_parameter_and_tolerance():
   assert not checks.Result('x', 'sad', 'float32', float('nan'), 1.0).passed
 
 
+@pytest.mark.slow
 def test_command_writes_json_and_exits_nonzero_only_on_failure(command_run, capsys):
   result, records = command_run
   assert result.returncode == 0, result.stdout + result.stderr
@@ -274,6 +276,7 @@ def test_forward_flops_count_what_torch_counts_besides_the_lstm(emotion):
   assert bench_predict.forward_flops(config) - lstm == counter.get_total_flops() // batch
 
 
+@pytest.mark.slow
 def test_the_inference_bench_times_every_contender_in_turns(tmp_path):
   out = tmp_path / 'predict.json'
   assert bench_predict.main(['--emotion=angry', '--rounds=2', '--utterances=64', '--batch_size=32',

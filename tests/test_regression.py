@@ -132,6 +132,7 @@ def _result(workdir):
   return files.read_json(os.path.join(workdir, records.RESULTS_JSON))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('fmt', ['mmsa-mosi', 'lmf2018-mosi'])
 def test_the_other_sentiment_files_train_through_the_api(stand_ins, fmt, tmp_path):
   flag_values = _flag_values(f'--data_path={stand_ins[fmt]}', f'--workdir={tmp_path}',
@@ -200,6 +201,7 @@ def test_a_non_finite_step_is_zeroed_before_averaging(stand_ins):
   assert np.all(split.audio[touched] != 0)
 
 
+@pytest.mark.slow
 def test_parity_holds_on_the_traits_preset():
   """Every parity check on a regression target (16 outputs, L1 over them), float32, on the
   default POM stand-in with parity's own batches (the CI job runs both targets in float32 and

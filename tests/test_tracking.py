@@ -66,6 +66,7 @@ def finished(small_data_dir, tmp_path_factory):
   return {name: root / name for name in runs}
 
 
+@pytest.mark.slow
 def test_a_run_writes_its_epochs_and_hyperparameters(finished):
   workdir = finished['whole']
   history = records.read_metrics(workdir)
@@ -81,6 +82,7 @@ def test_a_run_writes_its_epochs_and_hyperparameters(finished):
   assert 'hparams' in plugins
 
 
+@pytest.mark.slow
 def test_a_resumed_run_shows_each_epoch_once(small_data_dir, finished, tmp_path):
   whole, cut = finished['whole'], tmp_path / 'cut'
   process = subprocess.Popen(command(small_data_dir, cut, *WHOLE), stdout=subprocess.DEVNULL,
@@ -99,6 +101,7 @@ def test_a_resumed_run_shows_each_epoch_once(small_data_dir, finished, tmp_path)
   assert got['loss/valid'] == want['loss/valid']  # a resumed run is bitwise the whole one
 
 
+@pytest.mark.slow
 def test_a_population_writes_one_series_per_member_and_the_spread(finished):
   workdir = finished['seeds']
   scalars, plugins = read_scalars(workdir)
