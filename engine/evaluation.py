@@ -45,7 +45,7 @@ def evaluation_report(checkpoint_path: str, dataset: Dataset, is_synthetic: bool
   return {'checkpoint': os.path.abspath(checkpoint_path), 'emotion': dataset.emotion,
           'task': dataset.task, 'split': split, 'n': int(labels.shape[0]),
           **metrics.test_figures(dataset.task, labels, logits, dataset.corpus),
-          'loss': loss_sum / (labels.shape[0] * dataset.loss_terms),
+          'loss': dataset.mean_loss(loss_sum, split),
           'written_by': metadata.get('backend', 'unknown'), 'data': dataset.path,
           'synthetic': is_synthetic}
 

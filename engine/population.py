@@ -300,7 +300,7 @@ def member_record(member, config, progress, done, dataset):
   if done.arrays is None:  # never had a finite valid loss
     return {**record, 'best_valid_loss': None, **no_figures(dataset.task), 'test_loss': None}
   return {**record, **protocol.test_record(dataset, done.test_logits),
-          'test_loss': done.test_loss_sum / (dataset.test.n * dataset.loss_terms)}
+          'test_loss': dataset.mean_loss(done.test_loss_sum, 'test')}
 
 
 def no_figures(task):

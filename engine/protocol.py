@@ -121,8 +121,8 @@ def run_epoch(population: Population, epoch: int, configs: list, progress: list,
   epoch_s = time.perf_counter() - tick
   # In the backend's own precision: a vmapped population's sums are float32 arrays, a single
   # run's are float64 (Python floats); results.json records what it always recorded.
-  train_loss = np.asarray(train_sum) / (dataset.train.n * dataset.loss_terms)
-  valid_loss = np.asarray(valid_sum) / (dataset.valid.n * dataset.loss_terms)
+  train_loss = dataset.mean_loss(np.asarray(train_sum), 'train')
+  valid_loss = dataset.mean_loss(np.asarray(valid_sum), 'valid')
   improved = np.zeros(len(progress), bool)
   for k in np.flatnonzero(trained):
     diverged = early_stopping.divergence(float(train_loss[k]), float(valid_loss[k]), epoch,
@@ -251,7 +251,7 @@ def _train(config, backend, dataset, is_synthetic, on_epoch_end, progress, histo
       'emotion': config.emotion, 'task': dataset.task, 'backend': backend.name,
       'device': backend.describe_device(), **test_record(dataset, logits[0]),
       'test_loss': early_stopping.check_finite(
-          'test loss', float(test_sum[0]) / (dataset.test.n * dataset.loss_terms), epoch),
+          'test loss', dataset.mean_loss(float(test_sum[0]), 'test'), epoch),
       'best_valid_loss': stopper.best_valid_loss, 'best_epoch': stopper.best_epoch,
       'epochs_run': len(history), 'stopped_by': progress.stopped_by,
       **metrics.baseline_figures(dataset.task, dataset.train.label, dataset.test.label),

@@ -177,6 +177,8 @@ def figure_rows(record):
                     ('f1_has0', 'binary F1 (0 positive)'),
                     ('acc2_non0', 'binary accuracy (0 left out)'),
                     ('f1_non0', 'binary F1 (0 left out)'), ('acc7', '7-class accuracy'),
+                    ('acc2_neg0', 'binary accuracy (0 negative)'),
+                    ('f1_neg0', 'binary F1 (0 negative)'),
                     ('acc3', '3-class accuracy'), ('acc5', '5-class accuracy')):
     if record.get(key) is not None:
       rows.append((name, _percent(record[key]), ''))

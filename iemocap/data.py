@@ -134,6 +134,11 @@ class Dataset:
     (train_pom.py reports its summed L1 per utterance and per trait)."""
     return 1 if self.task == 'classification' else self.outputs
 
+  def mean_loss(self, loss_sum, split):
+    """A split's summed loss as it is reported: per utterance and per loss term. Keeps the sum's
+    type (a population's float32 array stays one)."""
+    return loss_sum / (self.split(split).n * self.loss_terms)
+
   def split(self, name):
     if name not in SPLITS:
       raise DataError(f'unknown split {name!r}: choose one of {", ".join(SPLITS)}')

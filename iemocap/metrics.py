@@ -44,14 +44,16 @@ def classification_metrics(labels, logits):
 # one's mean and spread over its chosen setting's seeds.
 FIGURES = {'classification': ('f1', 'accuracy'),
            'regression': ('mae', 'corr', 'acc2_has0', 'f1_has0', 'acc2_non0', 'f1_non0', 'acc7',
-                          'acc3', 'acc5')}
+                          'acc2_neg0', 'f1_neg0', 'acc3', 'acc5')}
 # Sets whose sentiment is a [-3, 3] score, where 7-class accuracy is reported.
 SEVEN_CLASS_SETS = ('CMU-MOSI', 'CMU-MOSEI')
-# CH-SIMS scores sentiment in [-1, 1] and is reported in 3 and 5 classes with these upper class
-# bounds (negative, neutral, positive; then strongly and weakly either way), each bound belonging
-# to the class below it, after clipping the predictions to [-1, 1]: the convention of the
-# CH-SIMS paper's (MMSA's) evaluation.
-SIMS_CLASS_BOUNDS = {'acc3': (-0.1, 0.1), 'acc5': (-0.7, -0.1, 0.1, 0.7)}
+# CH-SIMS scores sentiment in [-1, 1] and is reported in 2, 3 and 5 classes with these upper
+# class bounds (zero and below negative; negative, neutral, positive; then strongly and weakly
+# either way), each bound belonging to the class below it, after clipping the predictions to
+# [-1, 1]: the convention of the CH-SIMS paper's (MMSA's) evaluation, whose binary figures count a
+# zero label as negative (`_neg0`), unlike the other sets' `_has0`.
+SIMS_CLASS_BOUNDS = {'acc2_neg0': (0.0,), 'acc3': (-0.1, 0.1), 'acc5': (-0.7, -0.1, 0.1, 0.7)}
+SIMS_FIGURES = (*SIMS_CLASS_BOUNDS, 'f1_neg0')  # None on every other set
 SIMS_SETS = ('CH-SIMS',)
 
 
@@ -70,8 +72,9 @@ def regression_metrics(labels, outputs, corpus=''):
   for one target also binary accuracy and weighted F1 in both conventions papers use: `_has0`
   counts a zero label as positive (y >= 0 against prediction >= 0, the 2018 code's), `_non0`
   leaves zero labels out (y > 0 against prediction > 0, MulT's and MMSA's); `acc7`, both
-  sides clipped to [-3, 3] and rounded, for the sets scored on that scale; `acc3` and `acc5`
-  for CH-SIMS (SIMS_CLASS_BOUNDS); None where a figure does not apply. With several targets
+  sides clipped to [-3, 3] and rounded, for the sets scored on that scale; for CH-SIMS
+  (SIMS_CLASS_BOUNDS) `acc3`, `acc5` and its own binary accuracy and weighted F1, `acc2_neg0`
+  and `f1_neg0`; None where a figure does not apply. With several targets
   (POM's traits) the per-target MAE and r come as lists.
   """
   labels = np.asarray(labels, np.float64).reshape(len(labels), -1)
@@ -95,6 +98,10 @@ def regression_metrics(labels, outputs, corpus=''):
   if corpus in SIMS_SETS:
     for key, bounds in SIMS_CLASS_BOUNDS.items():
       result[key] = accuracy(sims_classes(y, bounds), sims_classes(p, bounds))
+    negative0 = SIMS_CLASS_BOUNDS['acc2_neg0']
+    # A NaN output is in no class: class 2 here, which no label holds, so it counts as wrong.
+    result['f1_neg0'] = weighted_f1(*(np.where(c < 0, 2, c) for c in (
+        sims_classes(y, negative0), sims_classes(p, negative0))))
   return result
 
 

@@ -105,7 +105,7 @@ def test_regression_figures_follow_their_definitions():
   assert got['acc2_has0'] != got['acc2_non0']  # the zeros make the conventions differ here
   seven = np.round(np.clip(outputs, -3, 3)) == np.round(np.clip(labels, -3, 3))
   assert got['acc7'] == np.mean(seven)
-  assert got['acc3'] is None and got['acc5'] is None  # CH-SIMS's figures
+  assert all(got[key] is None for key in metrics.SIMS_FIGURES)  # CH-SIMS's figures
   sims_labels = (np.round(rng.uniform(-1, 1, 200) * 5) / 5).astype(np.float32)  # fifths, as SIMS
   sims_outputs = (sims_labels + rng.normal(0, 0.3, 200)).astype(np.float32)
   sims = metrics.regression_metrics(sims_labels[:, None], sims_outputs[:, None], 'CH-SIMS')
@@ -113,9 +113,17 @@ def test_regression_figures_follow_their_definitions():
   def classes(v, bounds):  # noqa: E306  the bound itself belongs to the class below it
     v = np.clip(v, -1, 1)
     return sum((v > np.float32(b)).astype(int) for b in bounds)
-  for key, bounds in (('acc3', (-0.1, 0.1)), ('acc5', (-0.7, -0.1, 0.1, 0.7))):
+  for key, bounds in (('acc3', (-0.1, 0.1)), ('acc5', (-0.7, -0.1, 0.1, 0.7)),
+                      ('acc2_neg0', (0,))):
     assert sims[key] == np.mean(classes(sims_labels, bounds) == classes(sims_outputs, bounds))
-  assert 0 < sims['acc5'] < sims['acc3'] < 1
+  assert 0 < sims['acc5'] < sims['acc3'] < sims['acc2_neg0'] < 1
+  # MMSA's SIMS binary figures count a zero label negative: here unlike the has-0 convention.
+  assert sims['f1_neg0'] == pytest.approx(sk.f1_score(sims_labels > 0, sims_outputs > 0,
+                                                      average='weighted'), abs=1e-15)
+  assert (sims_labels == 0).any() and sims['acc2_neg0'] != sims['acc2_has0']
+  one_nan = np.where(np.arange(200) == 0, np.nan, sims_outputs)
+  nan_output = metrics.regression_metrics(sims_labels[:, None], one_nan[:, None], 'CH-SIMS')
+  assert nan_output['f1_neg0'] < sims['f1_neg0']  # a NaN output is in no class: never right
   assert metrics.sims_classes(np.float32([-0.7, -0.1, 0.1, 0.7, 5, np.nan]),
                               (-0.7, -0.1, 0.1, 0.7)).tolist() == [0, 1, 2, 3, 4, -1]
   assert metrics.regression_metrics(labels[:, None], np.zeros((200, 1)))['corr'] is None
@@ -248,7 +256,7 @@ def test_members_recorded_before_a_figure_existed_still_summarise(stand_ins, tmp
   figures = dict(metrics.regression_metrics(dataset.test.label, dataset.test.label * 0.5,
                                             dataset.corpus))
   assert figures['acc3'] is not None  # what the current code records for CH-SIMS
-  old = {k: v for k, v in figures.items() if k not in metrics.SIMS_CLASS_BOUNDS}
+  old = {k: v for k, v in figures.items() if k not in metrics.SIMS_FIGURES}
   member_records = [{'member': i, 'seed': c.seed, **c.hparams(), 'best_valid_loss': valid,
                      'test_loss': 0.5, 'best_epoch': 2, 'epochs_run': 3, 'stopped_by': 'epochs',
                      **(old if i == 0 else figures)}
@@ -269,7 +277,7 @@ def test_a_mult_mosi_file_trains_sentiment_with_the_jax_command(stand_ins, comma
   record = _result(workdir)
   assert (record['emotion'], record['task']) == ('sentiment', 'regression')
   for key in metrics.FIGURES['regression'] + ('baseline_mae',):
-    if key in metrics.SIMS_CLASS_BOUNDS:
+    if key in metrics.SIMS_FIGURES:
       assert record[key] is None, key  # CH-SIMS's classes only
     else:
       assert isinstance(record[key], float), key  # acc7 too: MOSI is scored on [-3, 3]
@@ -339,4 +347,5 @@ def test_populations_of_sentiment_models_in_both_backends(commands):
     assert record['mae'] == chosen['mae'] and record['seed'] == chosen['seed']
     assert (record['acc7'] is not None) == seven  # CH-SIMS is not scored on [-3, 3]
     assert (record['acc3_mean'] is None) == seven and (record['acc5'] is None) == seven
+    assert (record['f1_neg0_mean'] is None) == seven
     assert 'MAE  mean' in (jax_run if workdir == jax_dir else torch_run).stdout

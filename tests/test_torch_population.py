@@ -17,6 +17,7 @@ import torch
 
 from engine import records
 from iemocap import files
+from iemocap import metrics
 from lmf_torch_npu import train as torch_train
 from lmf_torch_npu.device import TorchOptions
 import run_helpers
@@ -314,6 +315,32 @@ def test_the_8p_script_on_a_running_ray_cluster_gives_the_embedded_result(ray_ru
   assert f'Trials : {SEEDS}, test F1 mean {100 * record["f1_mean"]:.2f} +- ' \
          f'{100 * record["f1_std"]:.2f}' in lines
   assert any(line.startswith('E2E Training Duration sec : ') for line in lines)
+
+
+def test_a_sentiment_population_on_ray_is_its_population_in_process(tmp_path):
+  """Regression targets through Ray trials (the default synthetic MOSI stand-in): the same
+  members, figures and chosen checkpoint, bitwise, as the trials run one after another here."""
+  common = [sys.executable, '-m', 'lmf_torch_npu.train', '--emotion=sentiment', '--seed=3',
+            '--num_seeds=2', '--epochs=2', *[f'--{k}={v}' for k, v in run_helpers.SMALL.items()]]
+  on_ray, inline = str(tmp_path / 'ray'), str(tmp_path / 'inline')
+  done = run_helpers.run_concurrently(
+      ([*common, f'--workdir={on_ray}'], {'env': environment()}),
+      ([*common, f'--workdir={inline}', '--ray_address=none', '--cpus_per_trial=1'],
+       {'env': environment()}), timeout=300)
+  for result in done:
+    assert result.returncode == 0, result.stderr[-3000:]
+  ray_record, inline_record = (files.read_json(os.path.join(w, records.RESULTS_JSON))
+                               for w in (on_ray, inline))
+  assert 'on Ray, up to' in ray_record['device']
+  assert ray_record['task'] == 'regression' and ray_record['num_models'] == 2
+  figures = ('member', 'seed', 'best_epoch', 'best_valid_loss', 'epochs_run', 'test_loss',
+             *metrics.FIGURES['regression'])
+  assert [{k: m[k] for k in figures} for m in ray_record['members']] == \
+      [{k: m[k] for k in figures} for m in inline_record['members']]
+  assert all(isinstance(m['mae'], float) and isinstance(m['acc7'], float)
+             for m in ray_record['members'])  # MOSI's figures, not classification's
+  assert ray_record['mae_mean'] == inline_record['mae_mean']
+  assert checkpoint_bytes(on_ray) == checkpoint_bytes(inline)
 
 
 def test_population_flags_are_refused_on_a_single_run_and_a_dead_address_is_one_line(
