@@ -2,7 +2,7 @@
 """Set up the project's environment (once) and run one of its jobs in it.
 
     python3 run.py train --emotion=sad   # the main job: lmf_jax on the synthetic set
-    python3 run.py test                  # the whole test suite
+    python3 run.py test                  # the test suite (-m slow: its long checks)
     python3 run.py --accelerator=cuda train --emotion=sad   # the same on an NVIDIA GPU
 
 Needs only python3 (3.11 or newer). The first call creates `.venv/` beside

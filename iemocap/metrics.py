@@ -98,10 +98,10 @@ def regression_metrics(labels, outputs, corpus=''):
   if corpus in SIMS_SETS:
     for key, bounds in SIMS_CLASS_BOUNDS.items():
       result[key] = accuracy(sims_classes(y, bounds), sims_classes(p, bounds))
-    negative0 = SIMS_CLASS_BOUNDS['acc2_neg0']
-    # A NaN output is in no class: class 2 here, which no label holds, so it counts as wrong.
-    result['f1_neg0'] = weighted_f1(*(np.where(c < 0, 2, c) for c in (
-        sims_classes(y, negative0), sims_classes(p, negative0))))
+    truth, predicted = (sims_classes(v, SIMS_CLASS_BOUNDS['acc2_neg0']) for v in (y, p))
+    # A NaN output counts as the wrong class (an unused class would raise the other class's
+    # precision).
+    result['f1_neg0'] = weighted_f1(truth, np.where(predicted < 0, 1 - truth, predicted))
   return result
 
 

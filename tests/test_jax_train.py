@@ -207,10 +207,13 @@ def test_perf_mode_reports_step_time(small_data_dir):
 
 
 @pytest.fixture(scope='module', autouse=True)
-def readme_example(tmp_path_factory):
+def readme_example(request, tmp_path_factory):
   """README's 'From Python' block, with fewer epochs and seeds, started as a user would run it when
-  this module starts: it runs on the default synthetic set for a minute, mostly on one core,
-  beside the tests above. (the block, its directory, the started process)"""
+  this module starts if its test is to run: it runs on the default synthetic set for a minute,
+  mostly on one core, beside the tests above. (the block, its directory, the started process)"""
+  if not run_helpers.selected(request, 'test_the_readme_python_example_runs'):
+    yield None  # deselected (-m slow runs this module's long tests only)
+    return
   readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md'), encoding='utf-8').read()
   block = readme.split('## From Python', 1)[1].split('```python\n', 1)[1].split('```', 1)[0]
   code = block.replace('epochs=50', 'epochs=2').replace('num_seeds=8', 'num_seeds=2')

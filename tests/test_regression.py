@@ -121,9 +121,15 @@ def test_regression_figures_follow_their_definitions():
   assert sims['f1_neg0'] == pytest.approx(sk.f1_score(sims_labels > 0, sims_outputs > 0,
                                                       average='weighted'), abs=1e-15)
   assert (sims_labels == 0).any() and sims['acc2_neg0'] != sims['acc2_has0']
-  one_nan = np.where(np.arange(200) == 0, np.nan, sims_outputs)
-  nan_output = metrics.regression_metrics(sims_labels[:, None], one_nan[:, None], 'CH-SIMS')
-  assert nan_output['f1_neg0'] < sims['f1_neg0']  # a NaN output is in no class: never right
+  # A NaN output is wrong, whether the output it replaces was right or wrong.
+  wrong = np.flatnonzero((sims_labels > 0) != (sims_outputs > 0))[0]
+  for index in (wrong, np.flatnonzero((sims_labels > 0) == (sims_outputs > 0))[0]):
+    one_nan = np.where(np.arange(200) == index, np.nan, sims_outputs)
+    expected = np.where(np.arange(200) == index, sims_labels <= 0, one_nan > 0)
+    nan_output = metrics.regression_metrics(sims_labels[:, None], one_nan[:, None], 'CH-SIMS')
+    assert nan_output['f1_neg0'] == pytest.approx(sk.f1_score(sims_labels > 0, expected,
+                                                              average='weighted'), abs=1e-15)
+    assert nan_output['acc2_neg0'] == np.mean((sims_labels > 0) == expected)
   assert metrics.sims_classes(np.float32([-0.7, -0.1, 0.1, 0.7, 5, np.nan]),
                               (-0.7, -0.1, 0.1, 0.7)).tolist() == [0, 1, 2, 3, 4, -1]
   assert metrics.regression_metrics(labels[:, None], np.zeros((200, 1)))['corr'] is None
