@@ -168,11 +168,28 @@ def test_in_process_trials_equal_the_ray_trials(ray_run, background):
 
 
 def _wait_for(predicate, process, what, timeout=120):
+  """The predicate's first true value, polled while the process runs."""
   deadline = time.monotonic() + timeout
-  while not predicate():
+  while not (value := predicate()):
     assert process.poll() is None, f'the command ended before {what}: {process.stderr.read()}'
     assert time.monotonic() < deadline, f'timed out waiting for {what}'
     time.sleep(0.05)
+  return value
+
+
+def _stop_with_sigint(process, ready, what, message):
+  """SIGINT once `ready()` holds; the command must exit 130 with a last line starting with
+  `message` and naming --resume. Returns ready()'s value."""
+  try:
+    value = _wait_for(ready, process, what)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  assert process.returncode == 130, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith(message) and '--resume' in last, last
+  return value
 
 
 def _trial_pid(trial):
@@ -218,15 +235,8 @@ def test_sigint_stops_and_resume_on_ray_skips_the_finished_trials(ray_run, small
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=environment())
   first = os.path.join(cut, records.TRIALS_DIR, '0-seed10', records.RESULTS_JSON)
-  try:
-    _wait_for(lambda: os.path.exists(first), process, 'trial 0 finished')
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-  finally:
-    process.kill()
-  assert process.returncode == 130, stderr[-3000:]
-  last = stderr.strip().splitlines()[-1]
-  assert last.startswith('error: stopped by SIGINT') and '--resume' in last, last
+  _stop_with_sigint(process, lambda: os.path.exists(first), 'trial 0 finished',
+                    'error: stopped by SIGINT')
   finished = {d: os.stat(os.path.join(cut, records.TRIALS_DIR, d, records.RESULTS_JSON))
               .st_mtime_ns for d in trial_dirs(cut)
               if os.path.exists(os.path.join(cut, records.TRIALS_DIR, d, records.RESULTS_JSON))}
@@ -250,16 +260,8 @@ def test_sigint_cancels_the_running_ray_trials(small_data_dir, tmp_path):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=environment())
   trial = os.path.join(stopped, records.TRIALS_DIR, '0-seed10')
-  try:
-    _wait_for(lambda: _trial_pid(trial), process, 'trial 0 saved an epoch')
-    worker = _trial_pid(trial)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-  finally:
-    process.kill()
-  assert process.returncode == 130, stderr[-3000:]
-  last = stderr.strip().splitlines()[-1]
-  assert last.startswith('error: stopped by SIGINT: 0 of 2 trials finished') and '--resume' in last
+  worker = _stop_with_sigint(process, lambda: _trial_pid(trial), 'trial 0 saved an epoch',
+                             'error: stopped by SIGINT: 0 of 2 trials finished')
   assert not glob.glob(os.path.join(stopped, '**', records.RESULTS_JSON), recursive=True)
   rows = records.read_metrics(trial)
   assert rows and [r['epoch'] for r in rows] == list(range(1, len(rows) + 1))
