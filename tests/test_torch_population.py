@@ -177,12 +177,17 @@ def _wait_for(predicate, process, what, timeout=120):
   return value
 
 
-def _stop_with_sigint(process, ready, what, message):
-  """SIGINT once `ready()` holds; the command must exit 130 with a last line starting with
-  `message` and naming --resume. Returns ready()'s value."""
+def _stop_with_sigint(process, ready, what, message, group=False):
+  """SIGINT once `ready()` holds, to the command or (`group`, for a command started in a session
+  of its own) to its whole process group, Ray's processes included, as Ctrl-C in a terminal
+  sends it; the command must exit 130 with a last line starting with `message` and naming
+  --resume. Returns ready()'s value."""
   try:
     value = _wait_for(ready, process, what)
-    process.send_signal(signal.SIGINT)
+    if group:
+      os.killpg(process.pid, signal.SIGINT)
+    else:
+      process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
   finally:
     process.kill()
@@ -252,16 +257,18 @@ def test_sigint_stops_and_resume_on_ray_skips_the_finished_trials(ray_run, small
   assert checkpoint_bytes(cut) == checkpoint_bytes(workdir)
 
 
-def test_sigint_cancels_the_running_ray_trials(small_data_dir, tmp_path):
-  """Trials long enough (40 epochs each) that none can end before the stop lands."""
+@pytest.mark.parametrize('group', [False, True], ids=['to the command', 'to its process group'])
+def test_sigint_cancels_the_running_ray_trials(small_data_dir, tmp_path, group):
+  """Trials long enough (40 epochs each) that none can end before the stop lands. Ctrl-C in a
+  terminal signals Ray's own processes too, a `kill -INT` the command alone."""
   stopped = str(tmp_path / 'stopped')
   process = subprocess.Popen(command(small_data_dir, stopped, '--num_seeds=2', '--epochs=40',
                                      '--patience=40'),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=environment())
+                             env=environment(), start_new_session=group)
   trial = os.path.join(stopped, records.TRIALS_DIR, '0-seed10')
   worker = _stop_with_sigint(process, lambda: _trial_pid(trial), 'trial 0 saved an epoch',
-                             'error: stopped by SIGINT: 0 of 2 trials finished')
+                             'error: stopped by SIGINT: 0 of 2 trials finished', group)
   assert not glob.glob(os.path.join(stopped, '**', records.RESULTS_JSON), recursive=True)
   rows = records.read_metrics(trial)
   assert rows and [r['epoch'] for r in rows] == list(range(1, len(rows) + 1))
