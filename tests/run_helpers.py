@@ -1,5 +1,6 @@
 """What the trainer tests of both backends share: a small configuration and result fields."""
 
+import contextlib
 import os
 import re
 import subprocess
@@ -84,6 +85,21 @@ def selected(request, test_name):
   in the background starts nothing for a deselected test)."""
   return any(getattr(item, 'originalname', item.name) == test_name
              for item in request.session.items)
+
+
+@contextlib.contextmanager
+def started_for(request, test_name, command, **options):
+  """`command` started now in the background (a `Started`) if this session runs the test function
+  `test_name`, else None; killed when the block ends. For a module fixture whose command a test
+  reads later."""
+  if not selected(request, test_name):
+    yield None
+    return
+  process = Started(command, **options)
+  try:
+    yield process
+  finally:
+    process.kill()
 
 
 class Started:

@@ -20,16 +20,11 @@ def quick_run(request, tmp_path_factory):
   """`python -m parity.gpu_check --quick`, started when this module starts if its test is to run:
   its steps run one after another, mostly on one core, beside the tests above. (its --out path,
   the process)"""
-  if not run_helpers.selected(request, 'test_quick_run_end_to_end_writes_one_json_of_figures'):
-    yield None  # deselected (-m 'not slow')
-    return
   out = tmp_path_factory.mktemp('gpu_check') / 'gpu_check.json'
-  process = run_helpers.Started([sys.executable, '-m', 'parity.gpu_check', '--quick',
-                                 f'--out={out}'])
-  try:
+  with run_helpers.started_for(request, 'test_quick_run_end_to_end_writes_one_json_of_figures',
+                               [sys.executable, '-m', 'parity.gpu_check', '--quick',
+                                f'--out={out}']) as process:
     yield out, process
-  finally:
-    process.kill()
 
 
 def test_the_perf_line_of_either_trainer_is_read():

@@ -211,18 +211,13 @@ def readme_example(request, tmp_path_factory):
   """README's 'From Python' block, with fewer epochs and seeds, started as a user would run it when
   this module starts if its test is to run: it runs on the default synthetic set for a minute,
   mostly on one core, beside the tests above. (the block, its directory, the started process)"""
-  if not run_helpers.selected(request, 'test_the_readme_python_example_runs'):
-    yield None  # deselected (-m slow runs this module's long tests only)
-    return
   readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md'), encoding='utf-8').read()
   block = readme.split('## From Python', 1)[1].split('```python\n', 1)[1].split('```', 1)[0]
   code = block.replace('epochs=50', 'epochs=2').replace('num_seeds=8', 'num_seeds=2')
   directory = tmp_path_factory.mktemp('readme')
-  process = run_helpers.Started([sys.executable, '-c', code], cwd=directory)
-  try:
+  with run_helpers.started_for(request, 'test_the_readme_python_example_runs',
+                               [sys.executable, '-c', code], cwd=directory) as process:
     yield block, directory, process
-  finally:
-    process.kill()
 
 
 def test_the_readme_python_example_runs(readme_example):

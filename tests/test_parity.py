@@ -236,16 +236,12 @@ def bench_run(request, small_data_dir, tmp_path_factory):
   """`python -m parity.bench` on angry, started when this module starts if its test is to run: its
   three contenders run one after another in fresh processes, beside the tests above. (its --json
   path, the process)"""
-  if not run_helpers.selected(request, 'test_bench_measures_the_2018_loop_and_both_trainers'):
-    yield None
-    return
   out = tmp_path_factory.mktemp('bench') / 'bench.json'
-  process = run_helpers.Started([sys.executable, '-m', 'parity.bench', '--emotion=angry',
-                                 f'--data_path={small_data_dir}', '--epochs=2', f'--json={out}'])
-  try:
+  with run_helpers.started_for(request, 'test_bench_measures_the_2018_loop_and_both_trainers',
+                               [sys.executable, '-m', 'parity.bench', '--emotion=angry',
+                                f'--data_path={small_data_dir}', '--epochs=2',
+                                f'--json={out}']) as process:
     yield out, process
-  finally:
-    process.kill()
 
 
 def test_bench_measures_the_2018_loop_and_both_trainers(bench_run):
